@@ -1,0 +1,629 @@
+"""One run configuration: dataclasses, TOML in and out, command-line overrides, validation, sizes.
+
+This module never imports torch. The studio imports it to edit configs and to show the parameter
+count and memory estimate live, and the studio must start instantly and never touch the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UsageError, cli_entry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+EOT = "<|endoftext|>"
+VOCAB_MULTIPLE = 64  # embedding rows padded so matmuls hit fast kernel shapes
+
+# Vocabulary sizes of the tiktoken encodings we know, so a config alone can be sized.
+TIKTOKEN_VOCAB = {
+    "cl100k_base": 100277,
+    "o200k_base": 200019,
+    "gpt2": 50257,
+    "r50k_base": 50257,
+    "p50k_base": 50281,
+}
+CHAR_VOCAB_GUESS = 256  # a char vocabulary is known only once the corpus is read
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class ConfigError(UsageError):
+    """A config value that cannot be used; the message names where it came from."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    n_kv_head: int = 0  # 0: same as n_head (plain multi-head attention)
+    block_size: int = 256
+    vocab_size: int = 0  # 0: taken from the tokenizer, padded to a multiple of 64
+    dropout: float = 0.0
+    bias: bool = False
+    pos: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # gelu | swiglu
+    mlp_hidden: int = 0  # 0: 4*n_embd for gelu, about 8/3*n_embd (multiple of 64) for swiglu
+    tie_embeddings: bool = True
+    activation_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            # two input matrices instead of one: 2/3 of 4d keeps the parameter count of a GELU MLP
+            return _round_up(int(8 * self.n_embd / 3), 64)
+        return 4 * self.n_embd
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | bpe | tiktoken
+    name: str = "cl100k_base"  # tiktoken encoding
+    vocab_size: int = 8192  # bpe: size to train to
+    path: str = ""  # bpe: an existing tokenizer.json instead of training one
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:prose"
+    text_column: str = "text"  # jsonl field / parquet column
+    include: str = "*.txt"  # glob for files under a directory source
+    val_fraction: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    lr_schedule: str = "cosine"  # cosine | linear | constant | wsd
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_steps: int = 20
+    sample_interval: int = 500
+    sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
+    sample_tokens: int = 200
+    seed: int = 1337
+    init_from: str = ""  # a checkpoint to start from (fine-tuning)
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1000
+    keep_last: int = 5
+    keep_best: bool = True
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10
+    csv: bool = False
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "gpt-studio"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in fields(Config)
+    if f.default_factory is not dataclasses.MISSING
+}
+TOP_LEVEL = [f.name for f in fields(Config) if f.name not in SECTIONS]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.pos": ("learned", "rope"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.mlp": ("gelu", "swiglu"),
+    "tokenizer.kind": ("char", "bpe", "tiktoken"),
+    "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
+}
+POSITIVE = {
+    "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
+    "model.norm_eps", "train.batch_size", "train.grad_accum", "train.max_steps", "train.lr",
+    "train.eval_interval", "train.eval_steps", "train.sample_interval", "train.sample_tokens",
+    "checkpoint.interval", "checkpoint.keep_last", "log.interval",
+}  # fmt: skip
+NON_NEGATIVE = {
+    "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
+    "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
+}  # fmt: skip
+FRACTIONS = {"model.dropout", "data.val_fraction", "train.decay_fraction"}  # in [0, 1)
+BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, saving, overriding
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config, apply `--section.key=value` overrides, and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such config file (give a .toml file, e.g. presets/tiny.toml)"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    cfg = from_dict(raw, origin=str(path))
+    origins = apply_overrides(cfg, overrides)
+    for where, value, allowed in _faults(cfg):
+        raise ConfigError(f"{origins.get(where, str(path))}: {where} = {value!r} {allowed}")
+    return cfg
+
+
+def presets() -> dict[str, Path]:
+    """The shipped presets by name, smallest first: tiny, mini, medium, large."""
+    order = ["tiny", "mini", "medium", "large"]
+    found = {p.stem: p for p in PRESETS_DIR.glob("*.toml")}
+    return dict(
+        sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 9, kv[0]))
+    )
+
+
+def load_preset(name: str, overrides: Sequence[str] = ()) -> Config:
+    found = presets()
+    if name not in found:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(found)}")
+    return load(found[name], overrides)
+
+
+def preset_description(path: str | Path) -> str:
+    """The comment on a preset's first line: what it is for and its size."""
+    first = Path(path).read_text(encoding="utf-8").splitlines()[0]
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
+
+
+def loads(text: str, origin: str = "<string>") -> Config:
+    """Parse and validate a config from TOML text (the studio's editor and tests use this)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{origin}: not valid TOML: {err}") from None
+    cfg = from_dict(raw, origin=origin)
+    validate(cfg, origin=origin)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def save(cfg: Config, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the config as TOML; an existing file is replaced only when asked, and atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; choose another name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(cfg), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Build a Config from nested dicts, checking every key and type (not yet cross-field rules)."""
+    cfg = Config()
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: [{key}] must be a table, got {value!r}")
+            section = getattr(cfg, key)
+            for sub, subvalue in value.items():
+                _set(section, key, sub, subvalue, origin)
+        else:
+            _set(cfg, "", key, value, origin)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> dict[str, str]:
+    """Apply `--section.key=value` (or `--name=value` for top-level keys) in order.
+
+    Returns which override set each dotted key, so a later fault can name the override.
+    """
+    origins: dict[str, str] = {}
+    for item in overrides:
+        body = item[2:] if item.startswith("--") else item
+        if "=" not in body:
+            raise ConfigError(
+                f"override {item!r}: expected --section.key=value, e.g. --train.lr=3e-4"
+            )
+        dotted, text = body.split("=", 1)
+        section, _, key = dotted.rpartition(".")
+        origin = f"override {item!r}"
+        value = _parse_value(text)
+        if section:
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"{origin}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}"
+                )
+            _set(getattr(cfg, section), section, key, value, origin)
+        else:
+            _set(cfg, "", key, value, origin)
+        origins[dotted] = origin
+    return origins
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value if it parses as one (3e-4, true, [..], "quoted"), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
+    where = f"{section}.{key}" if section else key
+    known = {f.name: f for f in fields(target) if f.name not in SECTIONS}
+    if key not in known:
+        scope = f"[{section}]" if section else "the top level"
+        if section:
+            hint = _did_you_mean(key, known, prefix=f"{section}.")
+        elif key in SECTIONS:
+            hint = f" ([{key}] is a table)"
+        else:
+            hint = _did_you_mean(key, [*known, *SECTIONS])
+        raise ConfigError(f"{origin}: unknown key {where!r} in {scope}{hint}")
+    setattr(target, key, _coerce(value, known[key], where, origin))
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str, origin: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    bad = f"{origin}: {where} = {value!r} must be "
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(bad + "true or false")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(bad + "a whole number")
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(bad + "a finite number")
+            return float(value)
+        raise ConfigError(bad + "a number")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # --name=123 on the command line
+        raise ConfigError(bad + "a string")
+    if kind == "list[str]":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(bad + 'a list of strings, e.g. ["Once upon a time", "def "]')
+    raise AssertionError(f"no coercion for field type {kind}")  # our bug
+
+
+def _did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(cfg: Config, origin: str = "config") -> Config:
+    """Raise on the first fault: right for a command line, where one clear line is the answer."""
+    for where, value, allowed in _faults(cfg):
+        raise ConfigError(f"{origin}: {where} = {value!r} {allowed}")
+    return cfg
+
+
+def check(cfg: Config) -> dict[str, str]:
+    """Every fault, keyed by dotted field name: a form shows each one beside its field."""
+    faults: dict[str, str] = {}
+    for where, value, allowed in _faults(cfg):
+        faults.setdefault(where, f"{value!r} {allowed}")
+    return faults
+
+
+def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
+    """(field, value, what is allowed) for each fault: ranges, choices, rules across fields."""
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        yield "name", cfg.name, "must be a plain, non-empty folder name (no slashes)"
+    if not cfg.out_dir:
+        yield "out_dir", cfg.out_dir, "must be a folder path, e.g. 'runs'"
+
+    for section in SECTIONS:
+        for f in fields(getattr(cfg, section)):
+            where = f"{section}.{f.name}"
+            value = getattr(getattr(cfg, section), f.name)
+            if where in CHOICES and value not in CHOICES[where]:
+                yield where, value, f"must be one of {', '.join(CHOICES[where])}"
+            elif where in POSITIVE and value <= 0:
+                yield where, value, "must be greater than 0"
+            elif where in NON_NEGATIVE and value < 0:
+                yield where, value, "must be 0 or more"
+            elif where in FRACTIONS | BETAS and not 0 <= value < 1:
+                yield where, value, "must be at least 0 and below 1"
+
+    m, t, tok = cfg.model, cfg.train, cfg.tokenizer
+    if m.n_head > 0 and m.n_embd > 0:
+        if m.n_embd % m.n_head:
+            low = m.n_embd - m.n_embd % m.n_head
+            near = " or ".join(str(n) for n in (low, low + m.n_head) if n > 0)
+            yield (
+                "model.n_embd",
+                m.n_embd,
+                f"must be divisible by model.n_head = {m.n_head} (e.g. {near})",
+            )
+        elif m.pos == "rope" and m.head_dim % 2:
+            yield "model.n_embd", m.n_embd, f"gives odd head size {m.head_dim}; rope needs it even"
+        if m.n_kv_head > 0 and (m.n_kv_head > m.n_head or m.n_head % m.n_kv_head):
+            yield "model.n_kv_head", m.n_kv_head, f"must divide model.n_head = {m.n_head} (0: same)"
+    if tok.kind == "bpe" and not tok.path and tok.vocab_size < 300:
+        yield "tokenizer.vocab_size", tok.vocab_size, "must be at least 300 for bpe"
+    if m.vocab_size and tok.kind == "bpe" and m.vocab_size < tok.vocab_size:
+        yield (
+            "model.vocab_size",
+            m.vocab_size,
+            f"is below tokenizer.vocab_size = {tok.vocab_size} (0: automatic)",
+        )
+    if tok.kind == "tiktoken" and not tok.name:
+        yield "tokenizer.name", tok.name, "must name a tiktoken encoding, e.g. cl100k_base"
+    if not cfg.data.source:
+        yield "data.source", cfg.data.source, "must name a corpus, e.g. 'builtin:prose' or a path"
+    if t.min_lr > t.lr > 0:
+        yield "train.min_lr", t.min_lr, f"must not exceed train.lr = {t.lr}"
+    if t.warmup_steps > t.max_steps > 0:
+        yield "train.warmup_steps", t.warmup_steps, f"exceeds train.max_steps = {t.max_steps}"
+    if not (t.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(t.device)):
+        yield "train.device", t.device, "must be auto, cpu, cuda, cuda:N or mps"
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes: parameter count and memory, from the config alone
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def padded_vocab(n: int) -> int:
+    """Rows in the embedding table for a tokenizer of n ids."""
+    return _round_up(n, VOCAB_MULTIPLE)
+
+
+def vocab_size(cfg: Config, tokenizer_vocab: int | None = None) -> int:
+    """The model's (padded) vocabulary: explicit, from a known tokenizer, or the best guess."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if tokenizer_vocab is None:
+        tok = cfg.tokenizer
+        if tok.kind == "tiktoken":
+            tokenizer_vocab = TIKTOKEN_VOCAB.get(tok.name, TIKTOKEN_VOCAB["cl100k_base"])
+        elif tok.kind == "bpe":
+            tokenizer_vocab = tok.vocab_size
+        else:
+            tokenizer_vocab = CHAR_VOCAB_GUESS
+    return padded_vocab(tokenizer_vocab)
+
+
+def resolve_model(cfg: Config, tokenizer_vocab: int) -> ModelConfig:
+    """The model config with its vocabulary fixed to the tokenizer's (padded), ready to build."""
+    return dataclasses.replace(cfg.model, vocab_size=vocab_size(cfg, tokenizer_vocab))
+
+
+def param_count(model: ModelConfig, vocab: int) -> dict[str, int]:
+    """Parameters by part, counted exactly as engine.model builds them."""
+    d, L, hd = model.n_embd, model.n_layer, model.head_dim
+    b = 1 if model.bias else 0
+    norm = d * (2 if model.norm == "layernorm" and model.bias else 1)
+    q_out, kv_out = model.n_head * hd, model.kv_heads * hd
+    attn = d * (q_out + 2 * kv_out) + b * (q_out + 2 * kv_out) + q_out * d + b * d
+    h = model.hidden_dim
+    if model.mlp == "swiglu":
+        mlp = 2 * d * h + 2 * b * h + h * d + b * d
+    else:
+        mlp = d * h + b * h + h * d + b * d
+    counts = {
+        "token_embedding": vocab * d,
+        "position_embedding": model.block_size * d if model.pos == "learned" else 0,
+        "blocks": L * (2 * norm + attn + mlp),
+        "final_norm": norm,
+        "lm_head": 0 if model.tie_embeddings else vocab * d,
+    }
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def flops_per_token(model: ModelConfig, vocab: int, seq_len: int | None = None) -> int:
+    """Training FLOPs per token, 6N + 12·L·T·d (PaLM appendix B), for MFU.
+
+    N counts the weights that take part in matrix multiplies: not the position table, nor the
+    token table unless it doubles as the output projection.
+    """
+    counts = param_count(model, vocab)
+    n = counts["total"] - counts["position_embedding"]
+    if not model.tie_embeddings:
+        n -= counts["token_embedding"]
+    t = seq_len or model.block_size
+    return 6 * n + 12 * model.n_layer * t * model.n_embd
+
+
+def memory_estimate(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, float]:
+    """Training memory in bytes on one device, by part, for a first answer to "will it fit".
+
+    Weights, gradients and AdamW's two moments are fp32 (4 bytes each, 16 per parameter).
+    Activations are the tensors autograd keeps per micro-batch; their size follows the
+    layer-by-layer accounting of Korthikanti et al. (2022) with flash attention, so no T×T
+    scores are kept.
+    """
+    m, t = cfg.model, cfg.train
+    vocab = vocab_size(cfg, tokenizer_vocab)
+    n = param_count(m, vocab)["total"]
+    half = t.dtype in ("bfloat16", "float16") or (t.dtype == "auto" and t.device != "cpu")
+    act_bytes = 2 if half else 4
+    tokens = t.batch_size * m.block_size
+    d, h = m.n_embd, m.hidden_dim
+    kv = m.kv_heads * m.head_dim
+    drop = 1 if m.dropout > 0 else 0
+    # per token and layer: two norm inputs, q, k, v, attention output, MLP input and hidden
+    # activations (two for GELU: before and after, four for SwiGLU: gate, up, act, product)
+    per_layer = 2 * d + d + 2 * kv + d + d + (4 * h if m.mlp == "swiglu" else 2 * h)
+    per_layer += drop * (2 * d + h) / act_bytes  # byte masks
+    if m.activation_checkpointing:
+        blocks = tokens * (m.n_layer * d + per_layer) * act_bytes
+    else:
+        blocks = tokens * m.n_layer * per_layer * act_bytes
+    logits = tokens * vocab * (act_bytes + 4 + 4)  # logits, fp32 copy for the loss, its grad
+    out = {
+        "params": 4.0 * n,
+        "grads": 4.0 * n,
+        "optimizer": 8.0 * n,
+        "activations": float(blocks + tokens * d * act_bytes * 2 + logits),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def summary(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, Any]:
+    """The figures the studio and `python -m engine.config` show for a config."""
+    vocab = vocab_size(cfg, tokenizer_vocab)
+    counts = param_count(cfg.model, vocab)
+    memory = memory_estimate(cfg, tokenizer_vocab)
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+    return {
+        "vocab_size": vocab,
+        "vocab_is_guess": not cfg.model.vocab_size
+        and tokenizer_vocab is None
+        and cfg.tokenizer.kind == "char",
+        "params": counts["total"],
+        "params_no_embedding": counts["total"]
+        - counts["token_embedding"]
+        - counts["position_embedding"],
+        "flops_per_token": flops_per_token(cfg.model, vocab),
+        "tokens_per_step": tokens_per_step,
+        "train_tokens": tokens_per_step * cfg.train.max_steps,
+        "memory": memory,
+    }
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'. Unit 'B' takes binary prefixes (MiB), 'FLOP' SI ones (GFLOP)."""
+    base, prefixes = 1000, ("", "K", "M", "B", "T")
+    if unit == "B":
+        base, prefixes = 1024, ("", "Ki", "Mi", "Gi", "Ti")
+    elif unit:
+        prefixes = ("", "K", "M", "G", "T", "P", "E")
+    for prefix in prefixes:
+        if abs(n) < base or prefix == prefixes[-1]:
+            break
+        n /= base
+    number = f"{n:.3g}" if prefix else f"{n:g}"
+    return f"{number} {prefix}{unit}" if unit else f"{number}{prefix}"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.config CONFIG [--section.key=value ...]`: validate and size a config."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.config",
+        description="Check a run config and show its size: parameters, FLOPs and memory.",
+    )
+    parser.add_argument("config", help="a TOML config, e.g. presets/tiny.toml")
+    parser.add_argument("--print", action="store_true", help="print the resolved TOML")
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load(args.config, overrides)
+    print(dumps(cfg) if args.print else describe(cfg), end="")
+    return 0
+
+
+def describe(cfg: Config) -> str:
+    """A few readable lines on what a config builds and what it costs."""
+    s = summary(cfg)
+    m, mem = cfg.model, s["memory"]
+    heads = f"{m.n_head} heads" + (f" ({m.kv_heads} kv)" if m.kv_heads != m.n_head else "")
+    guess = " (a guess: a char vocabulary is known once the corpus is read)"
+    parts = ", ".join(f"{k} {human(v, 'B')}" for k, v in mem.items() if k != "total")
+    step_flop = s["flops_per_token"] * s["tokens_per_step"]
+    return "\n".join(
+        [
+            f"{cfg.name}: {m.n_layer} layers, {heads}, {m.n_embd} wide, context {m.block_size}; "
+            f"{m.pos} positions, {m.norm}, {m.mlp}",
+            f"  tokenizer   {cfg.tokenizer.kind}, vocab {s['vocab_size']}"
+            + (guess if s["vocab_is_guess"] else ""),
+            f"  parameters  {human(s['params'])} "
+            f"({human(s['params_no_embedding'])} without embeddings)",
+            f"  per step    {human(s['tokens_per_step'])} tokens, {human(step_flop, 'FLOP')}",
+            f"  whole run   {human(s['train_tokens'])} tokens in {cfg.train.max_steps} steps",
+            f"  memory      {human(mem['total'], 'B')} per device ({parts})",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
