@@ -1,0 +1,294 @@
+"""The GPT: a decoder-only transformer, written top to bottom in the order data flows through it.
+
+One file, one reading. The architecture switches of `ModelConfig` — learned or rotary positions,
+LayerNorm or RMSNorm, GELU or SwiGLU, grouped-query attention, tied embeddings, biases — are small
+branches inside these classes rather than a plugin system, so the whole model fits in one sitting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from engine.config import ModelConfig, flops_per_token
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, frequency) pair, each (block_size, head_dim / 2)."""
+    hs = cfg.head_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + hs/2) by their angle: the half-split layout of GPT-NeoX and Llama,
+    so exported weights need no permutation."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer, kept between calls so each new token costs one position.
+
+    Preallocated to `max_len` so decoding never reallocates; `pos` counts the tokens held.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's keys and values; return everything cached so far for the layer."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.split = (q_dim, kv_dim, kv_dim)
+        self.qkv = nn.Linear(cfg.n_embd, sum(self.split), bias=cfg.bias)
+        self.proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nkv, past + T, hs)
+        past = k.size(2) - T
+        # SDPA's is_causal aligns the mask to the top-left corner, which is right only when
+        # queries and keys start together. With a cache the queries are the last T of the keys:
+        # one query may see everything, several need the diagonal shifted by `past`.
+        mask = None
+        if past and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=past == 0 and T > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh * hs)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, h = cfg.n_embd, cfg.hidden_dim
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.gate = nn.Linear(d, h, bias=cfg.bias)
+            self.up = nn.Linear(d, h, bias=cfg.bias)
+        else:
+            self.fc = nn.Linear(d, h, bias=cfg.bias)
+        self.proj = nn.Linear(h, d, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            h = F.silu(self.gate(x)) * self.up(x)
+        else:
+            # the tanh form is GPT-2's own ("gelu_new"), so imported weights give equal logits
+            h = F.gelu(self.fc(x), approximate="tanh")
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.norm2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("GPT needs a resolved vocab_size; see engine.config.resolve_model()")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg)
+            # not persistent: derived from the config, so checkpoints stay pure weights
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2: each block adds two projections into the residual stream, so their init is
+        # scaled by 1/sqrt(2·n_layer) to keep the stream's variance flat with depth.
+        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets (-1 ignored), the mean cross-entropy.
+
+        With a cache, `idx` continues the sequence the cache holds. `last_only` keeps just the
+        final position's logits, which is all sampling needs.
+        """
+        T = idx.size(1)
+        start = cache.pos if cache is not None else 0
+        limit = (
+            min(self.cfg.block_size, cache.max_len) if cache is not None else self.cfg.block_size
+        )
+        if start + T > limit:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the context of {limit}; "
+                "crop the prompt to its most recent tokens"
+            )
+        x = self.wte(idx)  # (B, T, d)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        rope = None
+        if self.cfg.pos == "rope":
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        recompute = self.cfg.activation_checkpointing and self.training and cache is None
+        for layer, block in enumerate(self.blocks):
+            if recompute:
+                # keep only each block's input; recompute its insides during backward
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits, None
+        # fp32 for the loss: a bf16 log-softmax over a large vocabulary loses too much
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1
+        )
+        return logits, loss
+
+    def make_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        weight = self.wte.weight
+        return KVCache(
+            self.cfg,
+            batch_size,
+            max_len or self.cfg.block_size,
+            device=weight.device,
+            dtype=dtype or weight.dtype,
+        )
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Unique parameters (a tied matrix counts once); without the token and position tables
+        when `embeddings` is False, the count scaling laws are written in."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return flops_per_token(self.cfg, self.cfg.vocab_size, seq_len)
+
+    def optimizer(
+        self,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        fused: bool | None = None,
+    ) -> torch.optim.AdamW:
+        """AdamW that decays matrices only: shrinking norm gains and biases to zero only hurts.
+
+        `fused` (one kernel for all parameters) defaults to on when the weights are on CUDA.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        if fused is None:
+            fused = self.wte.weight.is_cuda
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
