@@ -1,0 +1,1 @@
+"""Reusable pieces of the studio's panes: form rows, the size summary, small dialogs."""

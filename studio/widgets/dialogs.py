@@ -1,0 +1,88 @@
+"""Small modal questions: which path, and are you sure.
+
+They return their answer through `dismiss`, so a caller in a worker can simply
+`await app.push_screen_wait(...)` and read the code top to bottom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label
+
+TCSS = Path(__file__).with_name("dialogs.tcss")  # absolute: subclasses may live elsewhere
+
+
+class PathDialog(ModalScreen[str | None]):
+    """Ask for a file path; None when the user backs out."""
+
+    CSS_PATH = TCSS
+    AUTO_FOCUS = "#path"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, value: str = "", *, action: str = "OK") -> None:
+        super().__init__()
+        self.title_text = title
+        self.initial = value
+        self.action_label = action
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield Input(self.initial, placeholder="path/to/config.toml", id="path")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.action_label, variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._answer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "ok":
+            self._answer()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def _answer(self) -> None:
+        path = self.query_one("#path", Input).value.strip()
+        if path:
+            self.dismiss(path)
+        else:
+            self.notify("Type a path first, or press Escape to cancel.", severity="warning")
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Ask before doing something that cannot be undone; No is the default and Escape's answer."""
+
+    CSS_PATH = TCSS
+    AUTO_FOCUS = "#cancel"  # Enter alone must never destroy anything
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes, variant="error", id="yes")
+                yield Button("Cancel", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
