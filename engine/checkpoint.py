@@ -1,0 +1,153 @@
+"""Checkpoints: atomic saves, the last N and the best by validation loss, safe loads.
+
+A checkpoint is a dict of tensors and plain Python values (model and optimizer state, step,
+RNG states, data-loader position, config, tokenizer spec) saved with `torch.save`. It is loaded
+with `weights_only=True`, so a file from anywhere can never run code on the machine loading it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import UsageError
+
+STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
+BEST = "best.pt"
+
+
+class CheckpointManager:
+    """Owns `<run_dir>/checkpoints/`: step files, rotation and the best copy."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 5, keep_best: bool = True) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+
+    def save(
+        self, state: dict[str, Any], step: int, val_loss: float | None = None
+    ) -> tuple[Path, bool]:
+        """Write step_<step>.pt atomically, drop all but the newest `keep_last`, update best.
+
+        Returns the path and whether it became the best checkpoint.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step_{step:08d}.pt"
+        atomic_save(state, path)
+        is_best = False
+        if self.keep_best and val_loss is not None and val_loss < self.best_val_loss():
+            # a hard link costs no space and survives the rotation of the step file
+            tmp = self.dir / f".{BEST}.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, self.dir / BEST)
+            _atomic_write_text(
+                self.dir / "best.json", json.dumps({"step": step, "val_loss": val_loss})
+            )
+            is_best = True
+        for old in self.step_files()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+        return path, is_best
+
+    def step_files(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.iterdir() if STEP_FILE.match(p.name))
+
+    def latest(self) -> Path | None:
+        files = self.step_files()
+        return files[-1] if files else None
+
+    def best(self) -> Path | None:
+        path = self.dir / BEST
+        return path if path.is_file() else None
+
+    def best_val_loss(self) -> float:
+        try:
+            return float(json.loads((self.dir / "best.json").read_text())["val_loss"])
+        except (OSError, ValueError, KeyError):
+            return float("inf")
+
+
+def atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Temporary file, fsync, rename: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames themselves durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without ever unpickling code; every failure is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            raise UsageError(
+                f"{path}: holds pickled Python objects, and loading it could run code; "
+                "refusing. Only checkpoints of plain tensors and values are loaded."
+            ) from None
+        reason = "unsupported pickle data" if "Weights only load failed" in text else text
+        raise UsageError(
+            f"{path}: not a readable checkpoint ({reason.splitlines()[0]}); "
+            "give a .pt file written by engine.train"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UsageError(f"{path}: not a gpt-studio checkpoint (no model weights and config)")
+    return state
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory meaning its best checkpoint (else its latest)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        manager = CheckpointManager(path if path.name != "checkpoints" else path.parent)
+        found = manager.best() or manager.latest()
+        if found:
+            return found
+        raise UsageError(f"{path}: no checkpoints in this run directory yet")
+    raise UsageError(f"{path}: no such checkpoint file or run directory")

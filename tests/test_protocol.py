@@ -1,0 +1,74 @@
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import protocol as p
+
+
+def test_every_event_round_trips_through_ndjson():
+    events = [
+        p.Start(run="r", config={"model": {"n_layer": 2}}, params=10, device="cpu",
+                dtype="float32", max_steps=5, tokens_per_step=64),
+        p.Step(step=1, loss=2.5, lr=1e-3, grad_norm=0.7, tokens_per_s=1e4, step_ms=12.0,
+               mfu=None, mem_gb=0.3, tokens=64, eta_s=3.0),
+        p.Eval(step=1, val_loss=2.4, ppl=11.0),
+        p.Sample(step=1, prompt="Hi", text=" there ünïcødé 🙂"),
+        p.Checkpoint(step=1, path="runs/r/checkpoints/step_00000001.pt", best=True, val_loss=2.4),
+        p.Done(step=1, reason="finished", elapsed_s=1.5),
+        p.Error(message="boom", step=1),
+        p.Log(message="hello"),
+        p.Progress(task="prepare", done=3, total=10, unit="MB"),
+    ]  # fmt: skip
+    assert {e.type for e in events} == set(p.EVENTS)
+    for event in events:
+        line = p.encode(event)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert p.decode(line) == event
+
+
+def test_step_records_carry_the_fields_the_studio_charts():
+    record = json.loads(p.Step(step=3, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=5.0,
+                               step_ms=2.0, mfu=0.4, mem_gb=1.0).to_json())  # fmt: skip
+    for key in ("type", "time", "step", "loss", "lr", "grad_norm", "tokens_per_s", "step_ms", "mfu", "mem_gb"):  # fmt: skip
+        assert key in record
+    assert record["type"] == "step"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "nope"}', "unknown event type 'nope'"),
+        (b'{"type": "eval", "step": 1}', "bad 'eval' event"),
+        (b"\xff\xfe", "not JSON"),
+        (b"{" + b" " * p.MAX_LINE_BYTES + b"}", "exceeds"),
+    ],
+)
+def test_malformed_lines_raise_protocol_error(line, message):
+    with pytest.raises(p.ProtocolError, match=message):
+        p.decode(line)
+
+
+def test_unknown_extra_fields_are_ignored_for_forward_compatibility():
+    event = p.decode(b'{"type": "eval", "step": 2, "val_loss": 1.5, "ppl": 4.5, "new": 1}')
+    assert event == p.Eval(step=2, val_loss=1.5, ppl=4.5, time=event.time)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash_the_decoder(blob):
+    with contextlib.suppress(p.ProtocolError):
+        p.decode(blob)
+
+
+def test_protocol_module_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import engine.protocol, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
