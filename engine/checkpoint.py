@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from engine.errors import UsageError
+from engine.files import atomic_write, atomic_write_text, fsync_dir
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 BEST = "best.pt"
@@ -50,13 +51,13 @@ class CheckpointManager:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, tmp)
             os.replace(tmp, self.dir / BEST)
-            _atomic_write_text(
+            atomic_write_text(
                 self.dir / "best.json", json.dumps({"step": step, "val_loss": val_loss})
             )
             is_best = True
         for old in self.step_files()[: -self.keep_last]:
             old.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return path, is_best
 
     def step_files(self) -> list[Path]:
@@ -81,38 +82,7 @@ class CheckpointManager:
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
     """Temporary file, fsync, rename: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames themselves durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError, cli_entry
+from engine.files import atomic_write_text
 from engine.tokenizer import BPE_MAX_VOCAB, BPE_MIN_VOCAB
 
 if sys.version_info >= (3, 11):
@@ -256,10 +257,7 @@ def save(cfg: Config, path: str | Path, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path}: already exists; choose another name or allow overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(cfg), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, dumps(cfg))
     return path
 
 

@@ -31,5 +31,8 @@ def cli_entry(main: F) -> F:
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
+        except BrokenPipeError:  # `... | head` closed the pipe: nothing left to say
+            sys.stderr.close()
+            return 0
 
     return wrapper  # type: ignore[return-value]
