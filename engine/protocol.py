@@ -111,10 +111,11 @@ class Log(Event):
 @dataclass
 class Progress(Event):
     type: ClassVar[str] = "progress"
-    task: str
+    task: str  # "prepare", "tokenizer", ...
     done: float
     total: float | None = None
-    unit: str = ""
+    unit: str = ""  # of done and total: "B" for bytes
+    tokens: int | None = None  # produced so far, where the task makes tokens
 
 
 EVENTS: dict[str, type[Event]] = {

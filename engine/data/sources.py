@@ -1,0 +1,540 @@
+"""Where text comes from: `data.source` resolved to files, work units and pieces of text.
+
+A source is a built-in corpus, a text file, a folder (recursive, filtered by `data.include`), a
+.jsonl file (one JSON object per line, text in `data.text_column`), a parquet file, or a glob of
+any of these. Every source is planned as a list of `Unit`s, the pieces of work that processes
+share: a byte range of a text or .jsonl file, or one row group of a parquet file. Units depend on
+the files alone, never on how many workers read them, so every run cuts the same pieces.
+
+Reading a unit yields `Piece`s, the grain of the train/validation split:
+- a record (a .jsonl line or a parquet row) is one piece and one document;
+- a text file is one document (or several, at literal "<|endoftext|>" markers, the usual way to
+  keep documents in one file), cut into sections at line ends, so that even a single file yields
+  a validation split. Sections are about 1/1024 of the file, from 1 KiB to 64 KiB.
+
+Bytes that are not UTF-8 become U+FFFD and are counted (`take_replaced`), never an error: one bad
+byte in a 10 GB crawl must not stop a run, nor go unnoticed. pyarrow is imported only to read
+parquet.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import glob
+import hashlib
+import itertools
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.data import builtin, split
+from engine.errors import UsageError
+
+TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"
+EOT = builtin.EOT
+UNIT_BYTES = 4 << 20  # text and .jsonl files are shared out in ranges of about this size
+UNIT_WINDOW = 64 << 10  # how far past a range's nominal end to look for a line end
+MIN_SECTION, MAX_SECTION = 1 << 10, 64 << 10
+SECTIONS_PER_FILE = 1024
+PARQUET_BATCH_ROWS = 1024
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".lz4", ".tar")
+_GLOB_CHARS = "*?["
+
+# --- UTF-8 with counted replacements -------------------------------------------------------------
+
+REPLACE = "gpt-studio-count-replace"
+_replaced = threading.local()  # the streaming loader decodes on its own thread
+
+
+def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    _replaced.n = getattr(_replaced, "n", 0) + (err.end - err.start)
+    return "\ufffd", err.end
+
+
+codecs.register_error(REPLACE, _count_and_replace)
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 text, with each invalid byte sequence replaced by U+FFFD and counted."""
+    return data.decode("utf-8", REPLACE)
+
+
+def take_replaced() -> int:
+    """Bytes replaced on this thread since the last call."""
+    n = getattr(_replaced, "n", 0)
+    _replaced.n = 0
+    return n
+
+
+# --- plan: source -> files -> units ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: str
+    kind: str  # text | jsonl | parquet
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: bytes [start, stop) of a text/.jsonl file, or parquet row group start."""
+
+    kind: str
+    path: str
+    start: int
+    stop: int
+    size: int  # bytes of text it holds (parquet: the column's uncompressed size), for progress
+    section: int = 0  # text: target section size
+    last: bool = True  # text: the range ends its file, so its last section ends a document
+    column: str = ""  # jsonl field / parquet column
+
+    @property
+    def markers(self) -> bool:
+        """Whether a literal end-of-text marker in the text ends a document (text files only)."""
+        return self.kind == TEXT
+
+
+@dataclass(slots=True)
+class Piece:
+    text: str  # "" for an empty record, kept so that piece numbers match row numbers
+    key: int  # split.key of its bytes
+    end: bool  # a document ends after it
+    size: int  # bytes it was read from
+
+
+@dataclass
+class Source:
+    """A resolved `data.source`: what it names, how to fingerprint it, and its units."""
+
+    spec: str
+    text_column: str = "text"
+    builtin: str = ""  # "prose" or "code" for a built-in corpus
+    _files: tuple[FileRef, ...] | None = None
+
+    @property
+    def files(self) -> tuple[FileRef, ...]:
+        if self._files is None:  # built-in prose is generated only when it is read
+            size = len(builtin.prose())
+            self._files = (FileRef("builtin:prose", TEXT, size, 0),)
+        return self._files
+
+    @property
+    def label(self) -> str:
+        """A short name for folders and messages."""
+        if self.builtin:
+            return self.builtin
+        stem = Path(self.spec.rstrip("/\\")).name
+        for c in _GLOB_CHARS + "]":
+            stem = stem.replace(c, "")
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
+        return stem[:40] or "data"
+
+    def fingerprint(self) -> str:
+        """Changes whenever the text could have: any file added, removed, resized or rewritten."""
+        if self.builtin:
+            ident: Any = builtin.identity(self.builtin)
+        else:
+            ident = [[f.path, f.size, f.mtime_ns] for f in self.files]
+        records = any(f.kind != TEXT for f in self.files) if not self.builtin else False
+        body = {"files": ident, "text_column": self.text_column if records else None}
+        return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def units(self) -> list[Unit]:
+        """Every unit of the source, in a fixed order; checks each file as it plans it."""
+        units: list[Unit] = []
+        for f in self.files:
+            if f.kind == TEXT:
+                units.extend(_text_units(f))
+            elif f.kind == JSONL:
+                units.extend(_jsonl_units(f, self.text_column))
+            else:
+                units.extend(_parquet_units(f, self.text_column))
+        return units
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(u.size for u in self.units)
+
+
+def resolve(source: Any, *, text_column: str = "text", include: str = "*.txt") -> Source:
+    """Resolve `data.source` (a string, or a DataConfig whose fields are used) to its files.
+
+    Raises UsageError for a path that does not exist, a folder or glob with no matching files,
+    compressed files, or a source with no bytes at all.
+    """
+    if not isinstance(source, str):  # a DataConfig
+        text_column, include = source.text_column, source.include
+        source = source.source
+    spec = source.strip()
+    if not spec:
+        raise UsageError("data.source is empty; name a corpus, e.g. 'builtin:prose' or a path")
+    if spec.startswith("builtin:"):
+        name = builtin.check_name(spec.removeprefix("builtin:"))
+        files = None
+        if name == "code":
+            files = tuple(_ref(p) for p in builtin.stdlib_files())
+        return Source(spec, text_column, builtin=name, _files=files)
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        paths = [path]
+    elif path.is_dir():
+        paths = sorted(p for p in path.rglob(include) if p.is_file())
+        if not paths:
+            raise UsageError(
+                f"data.source: folder {path} has no files matching {_include_hint(path, include)}"
+            )
+    elif any(c in spec for c in _GLOB_CHARS):
+        paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not paths:
+            raise UsageError(f"data.source: the pattern {spec!r} matches no files")
+    else:
+        raise UsageError(
+            f"data.source: {spec} does not exist; give a .txt, .jsonl or .parquet file, a folder, "
+            f"a glob such as 'shards/*.parquet', or one of "
+            + ", ".join(f"builtin:{n}" for n in builtin.NAMES)
+        )
+    files = tuple(_ref(p) for p in paths)
+    if not any(f.size for f in files):
+        raise UsageError(
+            f"data.source: {spec} holds no text ({len(files)} empty file{'s' * (len(files) > 1)})"
+        )
+    return Source(spec, text_column, _files=files)
+
+
+def _ref(path: Path) -> FileRef:
+    name = path.name.lower()
+    if name.endswith(COMPRESSED_SUFFIXES):
+        raise UsageError(
+            f"data.source: {path} is compressed; decompress it first (text, .jsonl and parquet "
+            "are read as they are)"
+        )
+    kind = (
+        PARQUET
+        if name.endswith(PARQUET_SUFFIXES)
+        else JSONL
+        if name.endswith(JSONL_SUFFIXES)
+        else TEXT
+    )
+    st = path.stat()
+    return FileRef(str(path.resolve()), kind, st.st_size, st.st_mtime_ns)
+
+
+def _include_hint(folder: Path, include: str) -> str:
+    """data.include and what the folder does hold, so the fix is one edit away."""
+    suffixes = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix)
+    msg = f"data.include = {include!r}"
+    if suffixes:
+        held = ", ".join(f"{n} {s}" for s, n in suffixes.most_common(4))
+        msg += (
+            f" (it holds {held} files; e.g. set data.include = '*{suffixes.most_common(1)[0][0]}')"
+        )
+    return msg
+
+
+def _read_range(path: str, start: int, stop: int) -> bytes:
+    if path == "builtin:prose":
+        return builtin.prose()[start:stop]
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(stop - start)
+
+
+def _cut(data: bytes, lo: int, hi: int) -> int:
+    """Where to cut text at or after `lo`, looking up to `hi`: after a line end, else after a
+    space, else before a character (never inside a UTF-8 sequence)."""
+    i = data.find(b"\n", lo, hi)
+    if i < 0:
+        i = data.find(b" ", lo, hi)
+    if i >= 0:
+        return i + 1
+    for j in range(lo, min(hi, lo + 4, len(data))):
+        if data[j] & 0xC0 != 0x80:
+            return j
+    return lo
+
+
+def section_size(file_size: int) -> int:
+    return min(MAX_SECTION, max(MIN_SECTION, file_size // SECTIONS_PER_FILE))
+
+
+def _text_units(f: FileRef) -> list[Unit]:
+    cuts = [0]
+    target = UNIT_BYTES
+    while target < f.size:
+        window = _read_range(f.path, target, target + UNIT_WINDOW)
+        cut = target + _cut(window, 0, len(window))
+        if cut < f.size:
+            cuts.append(cut)
+        target += UNIT_BYTES
+    cuts.append(f.size)
+    section = section_size(f.size)
+    return [
+        Unit(TEXT, f.path, a, b, b - a, section=section, last=b == f.size)
+        for a, b in itertools.pairwise(cuts)
+    ]
+
+
+def _jsonl_units(f: FileRef, column: str) -> list[Unit]:
+    """Ranges that end at line ends; a record is never cut, however long its line."""
+    cuts = [0]
+    with open(f.path, "rb") as fh:
+        target = UNIT_BYTES
+        while target < f.size:
+            if target > cuts[-1]:
+                fh.seek(target)
+                pos, cut = target, f.size
+                while chunk := fh.read(1 << 20):
+                    i = chunk.find(b"\n")
+                    if i >= 0:
+                        cut = pos + i + 1
+                        break
+                    pos += len(chunk)
+                if cut < f.size:
+                    cuts.append(cut)
+            target += UNIT_BYTES
+    cuts.append(f.size)
+    return [Unit(JSONL, f.path, a, b, b - a, column=column) for a, b in itertools.pairwise(cuts)]
+
+
+def _open_parquet(path: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # Buffered, without pre-buffering: pages stream in, a row group is never read whole.
+        return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+    except (pa.ArrowException, OSError) as err:
+        raise UsageError(
+            f"data.source: {path} is not a readable parquet file ({err}); replace or remove it"
+        ) from None
+
+
+def _parquet_units(f: FileRef, column: str) -> list[Unit]:
+    import pyarrow as pa
+
+    pf = _open_parquet(f.path)
+    schema = pf.schema_arrow
+    if column not in schema.names:
+        raise UsageError(
+            f"data.source: {f.path} has no column {column!r} (columns: {', '.join(schema.names)}); "
+            "set data.text_column to the column that holds the text"
+        )
+    kind = schema.field(column).type
+    texty = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+    )
+    texty += tuple(
+        getattr(pa.types, name)
+        for name in ("is_string_view", "is_binary_view")
+        if hasattr(pa.types, name)
+    )
+    if not any(test(kind) for test in texty):
+        raise UsageError(
+            f"data.source: column {column!r} of {f.path} holds {kind}, not text; "
+            "set data.text_column to a string column"
+        )
+    md = pf.metadata
+    leaf = next((j for j in range(md.num_columns) if md.schema.column(j).path == column), None)
+    units = []
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        if rg.num_rows:
+            size = (
+                rg.column(leaf).total_uncompressed_size if leaf is not None else rg.total_byte_size
+            )
+            units.append(Unit(PARQUET, f.path, i, i + 1, size, column=column))
+    return units
+
+
+# --- read: unit -> pieces -------------------------------------------------------------------------
+
+
+def read(unit: Unit) -> Iterator[Piece]:
+    """The pieces of one unit, in order. Non-UTF-8 bytes are counted on this thread."""
+    if unit.kind == TEXT:
+        return _read_text(unit)
+    if unit.kind == JSONL:
+        return _read_jsonl(unit)
+    return _read_parquet(unit)
+
+
+def _read_text(unit: Unit) -> Iterator[Piece]:
+    data = _read_range(unit.path, unit.start, unit.stop)
+    end, s = len(data), 0
+    while s < end:
+        target = s + unit.section
+        cut = end if target >= end else _cut(data, target, min(end, target + unit.section))
+        chunk = data[s:cut]
+        yield Piece(decode(chunk), split.key(chunk), unit.last and cut == end, len(chunk))
+        s = cut
+
+
+def _record(text: str) -> Piece:
+    if not text:
+        return Piece("", 0, True, 0)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, which JSON escapes can spell
+        text = decode(text.encode("utf-8", "surrogatepass"))
+        raw = text.encode("utf-8")
+    return Piece(text, split.key(raw), True, len(raw))
+
+
+def _read_jsonl(unit: Unit) -> Iterator[Piece]:
+    data = _read_range(unit.path, unit.start, unit.stop)
+    for i, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(decode(line))
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"{_line(unit, i)}: not valid JSON ({err.msg}); each line of a .jsonl file must "
+                "be one JSON object"
+            ) from None
+        if not isinstance(record, dict):
+            raise UsageError(
+                f"{_line(unit, i)}: a JSON {type(record).__name__}, not an object; each line of "
+                f"a .jsonl file must be an object with a {unit.column!r} field"
+            )
+        if unit.column not in record:
+            fields = ", ".join(list(record)[:8]) or "none"
+            raise UsageError(
+                f"{_line(unit, i)}: no field {unit.column!r} (fields: {fields}); set "
+                "data.text_column to the field that holds the text"
+            )
+        text = record[unit.column]
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise UsageError(
+                f"{_line(unit, i)}: field {unit.column!r} is a {type(text).__name__}, not text"
+            )
+        yield _record(text)
+
+
+def _line(unit: Unit, index: int) -> str:
+    """'path:line' for an error: counting the lines before the range is paid only on failure."""
+    before = _read_range(unit.path, 0, unit.start).count(b"\n") if unit.start else 0
+    return f"{unit.path}:{before + index + 1}"
+
+
+def _read_parquet(unit: Unit) -> Iterator[Piece]:
+    import pyarrow as pa
+
+    pf = _open_parquet(unit.path)
+    batches = pf.iter_batches(
+        batch_size=PARQUET_BATCH_ROWS,
+        row_groups=[unit.start],
+        columns=[unit.column],
+        use_threads=False,
+    )
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise UsageError(
+                f"data.source: {unit.path}, row group {unit.start}, cannot be read ({err}); the "
+                "file is truncated or corrupt: replace or remove it"
+            ) from None
+        if batch is None:
+            return
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, bytes):
+                value = decode(value)
+            yield _record(value or "")
+
+
+def texts(source: Source) -> Iterator[str]:
+    """Every piece of text in order: what a tokenizer trains on."""
+    for unit in source.units:
+        for piece in read(unit):
+            if piece.text:
+                yield piece.text
+
+
+# --- inspect ----------------------------------------------------------------------------------------
+
+
+def summary(
+    source: Source, sample_bytes: int = 1 << 20, preview_chars: int = 400
+) -> dict[str, Any]:
+    """Documents, bytes, an estimated token count (cl100k_base on a sample) and a preview."""
+    units = source.units
+    kinds = Counter(f.kind for f in source.files)
+    documents = sum(_count_documents(f) for f in source.files)
+    total = sum(u.size for u in units)
+    # the sample: the start of up to 16 units spread over the source
+    step = max(1, len(units) // 16)
+    sampled_bytes, sample = 0, []
+    for unit in units[::step]:
+        taken = 0
+        for piece in read(unit):
+            if piece.text:
+                sample.append(piece.text)
+                taken += len(piece.text.encode("utf-8"))
+            if taken >= sample_bytes // 16 + 1:
+                break
+        sampled_bytes += taken
+        if sampled_bytes >= sample_bytes:
+            break
+    replaced = take_replaced()
+    tokens = _estimate_tokens(sample, sampled_bytes, total)
+    preview = next((t for t in sample if t.strip()), "")[:preview_chars]
+    return {
+        "source": source.spec,
+        "files": len(source.files),
+        "kinds": dict(kinds),
+        "documents": documents,
+        "bytes": total,
+        "tokens_estimate": tokens,
+        "replaced_in_sample": replaced,
+        "preview": preview,
+    }
+
+
+def _estimate_tokens(sample: list[str], sampled_bytes: int, total: int) -> int:
+    if not sampled_bytes:
+        return 0
+    try:
+        from engine.tokenizer import TiktokenTokenizer
+
+        counted = sum(len(ids) for ids in TiktokenTokenizer("cl100k_base").encode_batch(sample))
+    except UsageError:  # no tiktoken encoding to hand: the usual ~4 bytes per token
+        counted = sampled_bytes // 4
+    return round(counted / sampled_bytes * total)
+
+
+def _count_documents(f: FileRef) -> int:
+    if f.kind == PARQUET:
+        return _open_parquet(f.path).metadata.num_rows
+    if f.kind == JSONL:
+        with open(f.path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    if not f.size:
+        return 0
+    marker, carry, n = EOT.encode(), b"", 1
+    if f.path == "builtin:prose":
+        return builtin.prose().count(marker) + 1
+    with open(f.path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            data = carry + block
+            n += data.count(marker)
+            carry = data[-(len(marker) - 1) :]  # too short to hold a whole marker
+    return n

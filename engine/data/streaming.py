@@ -1,0 +1,207 @@
+"""Batches tokenized on the fly, for corpora too large to prepare first.
+
+A background thread reads the source's units (text ranges, parquet row groups), tokenizes each
+piece of the requested split and packs the tokens, documents back to back with end-of-text between
+them, into rows of `block_size + 1`; consecutive rows share one token so none is lost as a target.
+
+Each epoch visits the units in a seeded order; rank r of N takes every N-th unit of that order, so
+no rank sees another's data (with fewer units than ranks, every N-th piece instead). The position
+after each batch — epoch, unit, piece, and the tokens read but not yet used — travels with the
+batch, so `state_dict()` names exactly what the trainer has consumed, however far the thread ran
+ahead, and `load_state_dict()` continues with the very next batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.data import sources, split, tokens
+from engine.errors import UsageError
+from engine.tokenizer import Tokenizer
+
+
+class StreamingLoader:
+    def __init__(
+        self,
+        source: sources.Source,
+        tokenizer: Tokenizer,
+        split_name: str,
+        batch_size: int,
+        block_size: int,
+        val_fraction: float,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 4,
+        max_batches: int = 0,
+    ) -> None:
+        """`max_batches` > 0 makes a fixed evaluation set: the first batches, kept in memory."""
+        self.source, self.tokenizer = source, tokenizer
+        self.split = split_name
+        self.batch_size, self.block_size = batch_size, block_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self._below = split.threshold(val_fraction)
+        self._prefetch = max(1, prefetch)
+        self._max_batches = max_batches
+        self._fixed: list[torch.Tensor] | None = None
+        self._fixed_at = 0
+        self._state = {"epoch": 0, "unit": 0, "piece": 0, "carry": []}
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+
+    # --- what this rank reads -------------------------------------------------------------------
+
+    def _units(self, epoch: int) -> list[sources.Unit]:
+        units = self.source.units
+        if self.split != "train":
+            return list(units)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(units))
+        shuffled = [units[i] for i in order]
+        if len(units) >= self.world_size:
+            return shuffled[self.rank :: self.world_size]
+        return shuffled
+
+    def _wanted(self, piece: sources.Piece) -> bool:
+        if not piece.text or (piece.key < self._below) != (self.split == "val"):
+            return False
+        if self.split == "train" and len(self.source.units) < self.world_size:
+            return (piece.key >> 32) % self.world_size == self.rank
+        return True
+
+    def _batches(self, state: dict[str, Any]) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """Batches from `state` on, each with the position just after it."""
+        T, B = self.block_size, self.batch_size
+        epoch, u, first_piece = state["epoch"], state["unit"], state["piece"]
+        buf, pos = list(state["carry"]), 0
+        rows: list[list[int]] = []
+        while True:
+            units = self._units(epoch)
+            whole_epoch, made_rows = u == 0 and first_piece == 0, False
+            while u < len(units):
+                unit = units[u]
+                for i, piece in enumerate(sources.read(unit)):
+                    if i < first_piece or not self._wanted(piece):
+                        continue
+                    buf.extend(tokens.encode_piece(self.tokenizer, piece, unit.markers))
+                    while len(buf) - pos >= T + 1:
+                        rows.append(buf[pos : pos + T + 1])
+                        pos += T
+                        made_rows = True
+                        if len(rows) == B:
+                            del buf[:pos]
+                            pos = 0
+                            after = {"epoch": epoch, "unit": u, "piece": i + 1, "carry": list(buf)}
+                            yield torch.tensor(rows, dtype=torch.long), after
+                            rows = []
+                    if pos > 1 << 16:
+                        del buf[:pos]
+                        pos = 0
+                u, first_piece = u + 1, 0
+            if whole_epoch and not made_rows:
+                raise UsageError(
+                    f"data.source: {self.source.spec} gives this process no {self.split} "
+                    f"tokens to stream (it needs at least model.block_size + 1 = {T + 1}); use a "
+                    "larger corpus"
+                    + (", raise data.val_fraction" if self.split == "val" else "")
+                    + " or a smaller model.block_size"
+                )
+            epoch, u = epoch + 1, 0
+
+    # --- iteration ------------------------------------------------------------------------------
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._max_batches:
+            batch = self._next_fixed()
+        else:
+            if self._thread is None:
+                self._start()
+            assert self._queue is not None
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._thread = None
+                raise item
+            batch, self._state = item
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
+        return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+    def _next_fixed(self) -> torch.Tensor:
+        if self._fixed is None:
+            start = {"epoch": 0, "unit": 0, "piece": 0, "carry": []}
+            made = self._batches(start)
+            self._fixed = [next(made)[0] for _ in range(self._max_batches)]
+        batch = self._fixed[self._fixed_at % len(self._fixed)]
+        self._fixed_at += 1
+        return batch
+
+    def _start(self) -> None:
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self._prefetch)
+        self._thread = threading.Thread(
+            target=self._produce, args=(dict(self._state), self._queue), daemon=True,
+            name="stream-tokenize",
+        )  # fmt: skip
+        self._thread.start()
+
+    def _produce(self, state: dict[str, Any], out: queue.Queue) -> None:
+        try:
+            for item in self._batches(state):
+                while not self._stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # handed to the consumer, which raises it
+            out.put(err)
+
+    def _halt(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = self._queue = None
+
+    # --- position -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to the first batch (the fixed evaluation set, or the start of the stream)."""
+        self._halt()
+        self._fixed_at = 0
+        self._state = {"epoch": 0, "unit": 0, "piece": 0, "carry": []}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "streaming", "rank": self.rank, "world_size": self.world_size,
+            **{k: (list(v) if k == "carry" else v) for k, v in self._state.items()},
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "streaming":
+            raise UsageError(
+                "the checkpoint's data position is for prepared shards; resume with "
+                "data.streaming = false, or start a fresh run"
+            )
+        if state.get("world_size", 1) != self.world_size:
+            raise UsageError(
+                f"the checkpoint streamed its data over {state.get('world_size')} processes and "
+                f"this run has {self.world_size}; resume with the same number of processes "
+                "(prepared shards, data.streaming = false, resume on any number)"
+            )
+        self._halt()
+        self._state = {k: state[k] for k in ("epoch", "unit", "piece")}
+        self._state["carry"] = [int(t) for t in state["carry"]]
+
+    def close(self) -> None:
+        self._halt()
