@@ -63,6 +63,11 @@ class Tokenizer(ABC):
     def spec(self) -> dict[str, Any]:
         """Everything `from_spec` needs to rebuild this tokenizer, as JSON-able values."""
 
+    @abstractmethod
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for (0 for end-of-text): the denominator of
+        bits-per-byte, which compares models across tokenizers."""
+
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         if not allow_special:
             return self._encode_ordinary(text)
@@ -104,6 +109,16 @@ class TiktokenTokenizer(Tokenizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "tiktoken", "name": self.name}
+
+    def token_bytes(self) -> list[int]:
+        special = set(self._enc._special_tokens.values())
+        out = []
+        for i in range(self._enc.n_vocab):
+            try:
+                out.append(0 if i in special else len(self._enc.decode_single_token_bytes(i)))
+            except KeyError:  # a gap in the encoding's ids
+                out.append(0)
+        return out
 
 
 def _load_tiktoken(name: str) -> tiktoken.Encoding:
@@ -227,6 +242,21 @@ class BPETokenizer(Tokenizer):
     def spec(self) -> dict[str, Any]:
         return {"kind": "bpe", "json": self._tok.to_str()}
 
+    def token_bytes(self) -> list[int]:
+        from tokenizers import pre_tokenizers
+
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # one character per byte
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        out = [0] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if token in special:
+                continue
+            if all(c in alphabet for c in token):
+                out[i] = len(token)
+            else:  # not byte-level: count what the token decodes to
+                out[i] = len(self._tok.decode([i]).encode("utf-8"))
+        return out
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write tokenizer.json, loadable by `from_file` or `tokenizers.Tokenizer.from_file`."""
         self._tok.save(str(path))
@@ -289,6 +319,9 @@ class CharTokenizer(Tokenizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "char", "chars": self._pieces[:-1]}
+
+    def token_bytes(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self._pieces[:-1]] + [0]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the spec as JSON, loadable by `from_file`."""

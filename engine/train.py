@@ -176,7 +176,8 @@ def train(
                         eta_s=(t.max_steps - state.step) * step_s,
                     ))  # fmt: skip
                     loss_sum.zero_()
-                    window_steps = 0
+                    window_steps, window_start = 0, time.perf_counter()
+                extras_start = time.perf_counter()
                 val_loss = None
                 if val_loader is not None and (state.step % t.eval_interval == 0 or last):
                     val_loss = evaluate(model, val_loader, t.eval_steps, runtime)
@@ -189,8 +190,7 @@ def train(
                         reporter.emit(p.Sample(step=state.step, prompt=prompt, text=text))
                 if state.step % cfg.checkpoint.interval == 0 or last:
                     save(val_loss)
-                if val_loss is not None or state.step % cfg.log.interval == 0:
-                    window_start = time.perf_counter()  # eval and saving are not step time
+                window_start += time.perf_counter() - extras_start  # not step time
         reporter.emit(p.Done(step=state.step, reason=state.stop or "finished",
                              elapsed_s=time.perf_counter() - started))  # fmt: skip
     except Diverged as err:
