@@ -149,7 +149,8 @@ def check_optional_sinks(cfg: Config) -> None:
             )
 
 
-def open_sinks(cfg: Config, console: Sink | None) -> Reporter:
+def open_sinks(cfg: Config, extra: list[Sink] = ()) -> Reporter:
+    """The run's files (metrics.jsonl, samples.txt, CSV, TensorBoard, W&B), then `extra`."""
     run_dir = cfg.run_dir
     check_optional_sinks(cfg)
     sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl"), SamplesSink(run_dir / "samples.txt")]
@@ -159,9 +160,7 @@ def open_sinks(cfg: Config, console: Sink | None) -> Reporter:
         sinks.append(TensorBoardSink(run_dir / "tensorboard"))
     if cfg.log.wandb:
         sinks.append(WandbSink(cfg))
-    if console is not None:
-        sinks.append(console)
-    return Reporter(sinks)
+    return Reporter([*sinks, *extra])
 
 
 def read_events(path: str | Path) -> list[p.Event]:

@@ -1,8 +1,13 @@
-"""The events a run reports: one schema for metrics.jsonl, the console and the studio's socket.
+"""The events a run reports and the commands the studio sends: one schema for metrics.jsonl,
+the console and the studio's socket.
 
-Each event is a small dataclass with a `type`; on disk and on the wire it is one JSON object per
-line (NDJSON). This module never imports torch: the studio reads these events without loading
-the engine.
+Each message is a small dataclass with a `type`; on disk and on the wire it is one JSON object per
+line (NDJSON). Engine -> studio: a `hello` first (with the studio's token), then exactly the
+records of metrics.jsonl plus `log` and `progress`. Studio -> engine: `pause`, `resume`, `stop`,
+`save` and `sample`. A line that is too long, not JSON, or not one of these messages with fields
+of the right types raises ProtocolError; readers drop it, log it and carry on.
+
+This module never imports torch: the studio reads these messages without loading the engine.
 """
 
 from __future__ import annotations
@@ -16,20 +21,27 @@ from typing import Any, ClassVar
 MAX_LINE_BYTES = 1 << 20  # a longer line is dropped: no record we write comes close
 
 
+TOKEN_ENV = "GPT_STUDIO_TOKEN"  # a TCP engine proves it was started by this studio
+
+
 class ProtocolError(ValueError):
-    """A line that is not one of our events; readers log it and carry on."""
+    """A line that is not one of our messages; readers log it and carry on."""
 
 
 @dataclass
-class Event:
+class Message:
     type: ClassVar[str] = ""
-    time: float = field(default_factory=time.time, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, default=_plain)
+
+
+@dataclass
+class Event(Message):
+    time: float = field(default_factory=time.time, kw_only=True)
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Sample(Event):
     step: int
     prompt: str
     text: str
+    id: str = ""  # the studio's request id when it asked for this sample; "" for live samples
 
 
 @dataclass
@@ -123,6 +136,60 @@ EVENTS: dict[str, type[Event]] = {
 }
 
 
+@dataclass
+class Hello(Message):
+    """The engine's first line on the socket: who it is, and the token the studio gave it."""
+
+    type: ClassVar[str] = "hello"
+    token: str = ""
+    pid: int = 0
+
+
+@dataclass
+class Command(Message):
+    """Studio -> engine."""
+
+
+@dataclass
+class Pause(Command):
+    type: ClassVar[str] = "pause"
+
+
+@dataclass
+class Resume(Command):
+    type: ClassVar[str] = "resume"
+
+
+@dataclass
+class Stop(Command):
+    """Write a checkpoint, then end the run."""
+
+    type: ClassVar[str] = "stop"
+
+
+@dataclass
+class Save(Command):
+    type: ClassVar[str] = "save"
+
+
+@dataclass
+class SampleRequest(Command):
+    """Answered by a `sample` event with the same id, generated from the live weights."""
+
+    type: ClassVar[str] = "sample"
+    prompt: str
+    max_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 200
+    top_p: float = 1.0
+    id: str = ""
+
+
+COMMANDS: dict[str, type[Command]] = {
+    cls.type: cls for cls in (Pause, Resume, Stop, Save, SampleRequest)
+}
+
+
 def _plain(value: Any) -> Any:
     """JSON for the odd value a record may carry (a Path in a config, a numpy scalar)."""
     if hasattr(value, "item"):
@@ -130,26 +197,52 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def from_dict(record: dict[str, Any]) -> Event:
-    """Rebuild an event, refusing unknown types and missing fields; extra fields are ignored so
-    an older studio can read a newer engine's records."""
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+    "list": (list,),
+}  # fmt: skip
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a decoded JSON value fits a field annotation such as 'float | None'."""
+    for option in annotation.split("|"):
+        name = option.strip().split("[")[0]
+        if name == "None" and value is None:
+            return True
+        allowed = _TYPES.get(name)
+        if allowed is None:
+            return True  # Any and friends
+        if isinstance(value, allowed) and (name == "bool" or not isinstance(value, bool)):
+            return True
+    return False
+
+
+def from_dict(record: dict[str, Any], kinds: dict[str, type[Message]] | None = None) -> Any:
+    """Rebuild a message, refusing unknown types, missing fields and values of the wrong type;
+    extra fields are ignored so an older studio can read a newer engine's records."""
+    kinds = EVENTS if kinds is None else kinds
     kind = record.get("type")
-    cls = EVENTS.get(kind) if isinstance(kind, str) else None
+    cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(EVENTS)}")
-    names = {f.name for f in fields(cls)}
+        raise ProtocolError(f"unknown message type {kind!r}; expected one of {', '.join(kinds)}")
+    values = {}
+    for f in fields(cls):
+        if f.name in record:
+            if not _fits(record[f.name], str(f.type)):
+                raise ProtocolError(f"bad {kind!r} message: {f.name} = {record[f.name]!r}")
+            values[f.name] = record[f.name]
     try:
-        return cls(**{k: v for k, v in record.items() if k in names})
+        return cls(**values)
     except TypeError as err:
-        raise ProtocolError(f"bad {kind!r} event: {err}") from None
+        raise ProtocolError(f"bad {kind!r} message: {err}") from None
 
 
-def encode(event: Event) -> bytes:
-    return event.to_json().encode("utf-8") + b"\n"
+def encode(message: Message) -> bytes:
+    return message.to_json().encode("utf-8") + b"\n"
 
 
-def decode(line: bytes | str) -> Event:
-    """One NDJSON line to an event; anything else raises ProtocolError."""
+def decode(line: bytes | str, kinds: dict[str, type[Message]] | None = None) -> Any:
+    """One NDJSON line to a message of `kinds` (default: events); else ProtocolError."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
     try:
@@ -158,7 +251,58 @@ def decode(line: bytes | str) -> Event:
         raise ProtocolError(f"not JSON: {err}") from None
     if not isinstance(record, dict):
         raise ProtocolError("not a JSON object")
-    return from_dict(record)
+    return from_dict(record, kinds)
+
+
+def decode_command(line: bytes | str) -> Command:
+    return decode(line, COMMANDS)
+
+
+def decode_hello(line: bytes | str) -> Hello:
+    return decode(line, {"hello": Hello})
+
+
+class LineBuffer:
+    """Cuts a byte stream into lines. A line longer than the limit is dropped whole (counted),
+    so one runaway message costs that message, never the connection."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.skipping = False  # inside an over-long line, waiting for its end
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        lines = []
+        while (end := self.buffer.find(b"\n")) >= 0:
+            line = bytes(self.buffer[:end])
+            del self.buffer[: end + 1]
+            if self.skipping:
+                self.skipping = False
+            elif len(line) > self.limit:
+                self.dropped += 1
+            else:
+                lines.append(line)
+        if len(self.buffer) > self.limit and not self.skipping:
+            self.buffer.clear()
+            self.skipping = True
+            self.dropped += 1
+        elif self.skipping:
+            self.buffer.clear()
+        return lines
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    """'unix:/path/to.sock' -> ('unix', path); 'tcp:HOST:PORT' -> ('tcp', (host, port))."""
+    kind, _, rest = address.partition(":")
+    if kind == "unix" and rest:
+        return "unix", rest
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return "tcp", (host, int(port))
+    raise ProtocolError(f"address {address!r} must be unix:/path/to/socket or tcp:127.0.0.1:PORT")
 
 
 def finite_or_none(x: float) -> float | None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, metrics
+from engine import checkpoint, config, data, device, metrics, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
@@ -37,9 +37,51 @@ class State:
 
     step: int = 0
     tokens: int = 0
-    best_val: float = math.inf
     stop: str = ""  # why the loop should end early: "signal" or "stopped"
+    paused: bool = False
     losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built once before the loop."""
+
+    cfg: Config
+    runtime: device.Runtime
+    tokenizer: Tokenizer
+    model: GPT
+    step_fn: Any  # the model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    val_loader: Any | None
+    saver: checkpoint.CheckpointManager
+    reporter: metrics.Reporter
+    link: remote.StudioLink | None
+    state: State
+    last_norm: torch.Tensor | float = 0.0  # gradient norm of the latest step, before clipping
+
+    def save(self, val_loss: float | None = None) -> None:
+        s = self.state
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "loader": self.train_loader.state_dict(),
+            "rng": rng_state(), "step": s.step, "tokens": s.tokens,
+            "config": config.to_dict(self.cfg), "tokenizer": self.tokenizer.spec(),
+        }  # fmt: skip
+        path, best = self.saver.save(payload, s.step, val_loss)
+        self.reporter.emit(p.Checkpoint(step=s.step, path=str(path), best=best, val_loss=val_loss))
+
+    def sample(self, prompt: str, max_tokens: int, request_id: str = "", **settings: Any) -> None:
+        with self.runtime.autocast:
+            text = generate(self.model, self.tokenizer, prompt, max_tokens, **settings)
+        self.reporter.emit(p.Sample(step=self.state.step, prompt=prompt, text=text, id=request_id))
+
+    def close(self) -> None:
+        self.reporter.close()
+        self.train_loader.close()
+        if self.val_loader is not None:
+            self.val_loader.close()
 
 
 def train(
@@ -49,12 +91,36 @@ def train(
     console: metrics.Sink | None = None,
     quiet: bool = False,
     until: int | None = None,
+    report_to: str | None = None,
 ) -> State:
     """Train per `cfg`; returns the final state. `resume` is "" for the run's latest checkpoint.
 
     `until` stops after that step as a stop request would — checkpoint, then `done` — while the
     schedule still runs to `train.max_steps`, so a later `--resume` continues the same run.
+    `report_to` is the studio's address: events go there too, and its commands are obeyed.
     """
+    link = remote.connect(report_to) if report_to else None
+    if console is None and not quiet:
+        console = metrics.console_for()
+    early = metrics.Reporter([s for s in (console, link) if s is not None])
+    try:
+        run = build(cfg, resume, early, link)
+    except BaseException as err:
+        if link is not None:  # the console hears it from the command line's error line
+            link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
+        early.close()
+        raise
+    try:
+        loop(run, until)
+    finally:
+        run.close()
+    return run.state
+
+
+def build(
+    cfg: Config, resume: str | None, early: metrics.Reporter, link: remote.StudioLink | None
+) -> Run:
+    """Data, tokenizer, model, optimizer and loaders, restored from a checkpoint if resuming."""
     run_dir = cfg.run_dir
     if resume is None:
         _refuse_to_overwrite(run_dir)
@@ -66,33 +132,26 @@ def train(
     restored = _load_resume(cfg, resume) if resume is not None else None
     base = checkpoint.load(checkpoint.resolve(cfg.train.init_from)) if cfg.train.init_from else None
     source = restored or base
-    if console is None and not quiet:
-        console = metrics.console_for()
-    emit = console.write if console is not None else None
     tokenizer = from_spec(source["tokenizer"]) if source else None
     prepared = None
     if not cfg.data.streaming:
-        prepared = data.prepare(cfg, tokenizer=tokenizer, emit=emit)
+        prepared = data.prepare(cfg, tokenizer=tokenizer, emit=early.emit)
         tokenizer = prepared.tokenizer
     elif tokenizer is None:
-        tokenizer = data.build_tokenizer_for(cfg)
-    model_cfg = (
-        config.ModelConfig(**source["config"]["model"])
-        if source
-        else config.resolve_model(cfg, tokenizer.vocab_size)
-    )
+        tokenizer = data.build_tokenizer_for(cfg, log=lambda text: early.emit(p.Log(text)))
     if source:  # a checkpoint fixes the architecture; say so if the config disagrees
+        model_cfg = config.ModelConfig(**source["config"]["model"])
         _check_same_model(cfg, model_cfg)
+    else:
+        model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
     _check_prompts(cfg, tokenizer)
 
     model = GPT(model_cfg).to(runtime.device)
     if source:
         model.load_state_dict(source["model"])
-    optimizer = model.optimizer(
-        lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-        betas=(cfg.train.beta1, cfg.train.beta2),
-    )  # fmt: skip
+    t = cfg.train
+    optimizer = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     train_loader, val_loader = data.make_loaders(cfg, prepared, tokenizer, runtime.device)
     state = State()
@@ -106,90 +165,70 @@ def train(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(cfg, run_dir / "config.toml", overwrite=True)
-    reporter = metrics.open_sinks(cfg, console)
+    reporter = metrics.open_sinks(cfg, early.sinks)
     saver = checkpoint.CheckpointManager(
         run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
     )
-    state.best_val = saver.best_val_loss()
-    step_fn = torch.compile(model) if cfg.train.compile else model
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * model_cfg.block_size
+    step_fn = torch.compile(model) if t.compile else model
+    return Run(
+        cfg, runtime, tokenizer, model, step_fn, optimizer, scaler, train_loader, val_loader,
+        saver, reporter, link, state,
+    )  # fmt: skip
+
+
+def loop(run: Run, until: int | None = None) -> None:
+    """Step, log, evaluate, sample, save — and between steps, obey the studio — to the end."""
+    cfg, t, state, reporter = run.cfg, run.cfg.train, run.state, run.reporter
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
+    flops_per_step = run.model.flops_per_token() * tokens_per_step
+    peak = run.runtime.peak_flops
     reporter.emit(p.Start(
-        run=cfg.name, config=config.to_dict(cfg), params=model.num_params(),
-        device=str(runtime.device), dtype=str(runtime.dtype).removeprefix("torch."),
-        max_steps=cfg.train.max_steps, tokens_per_step=tokens_per_step, resumed_from=state.step,
+        run=cfg.name, config=config.to_dict(cfg), params=run.model.num_params(),
+        device=str(run.runtime.device), dtype=str(run.runtime.dtype).removeprefix("torch."),
+        max_steps=t.max_steps, tokens_per_step=tokens_per_step, resumed_from=state.step,
     ))  # fmt: skip
-
-    def save(val_loss: float | None) -> None:
-        payload = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "loader": train_loader.state_dict(),
-            "rng": rng_state(), "step": state.step, "tokens": state.tokens,
-            "config": config.to_dict(cfg), "tokenizer": tokenizer.spec(),
-        }  # fmt: skip
-        path, best = saver.save(payload, state.step, val_loss)
-        reporter.emit(p.Checkpoint(step=state.step, path=str(path), best=best, val_loss=val_loss))
-
-    t = cfg.train
-    flops_per_step = model.flops_per_token() * tokens_per_step
     started = time.perf_counter()
     window_start, window_steps = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=runtime.device)
+    loss_sum = torch.zeros((), device=run.runtime.device)
     try:
         with _stop_on_signals(state):
             while state.step < t.max_steps and not state.stop:
                 lr = lr_at(state.step, t)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                for _ in range(t.grad_accum):
-                    x, y = train_loader.next()
-                    with runtime.autocast:
-                        _, loss = step_fn(x, y)
-                    scaler.scale(loss / t.grad_accum).backward()
-                    loss_sum += loss.detach() / t.grad_accum
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
-                )
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                loss_sum += train_step(run, lr)
                 state.step += 1
                 state.tokens += tokens_per_step
                 window_steps += 1
                 if until is not None and state.step >= until and not state.stop:
                     state.stop = "stopped"
-
+                extras_start = time.perf_counter()
+                if run.link is not None:
+                    obey(run, run.link.poll())  # may pause here, or ask to stop or save
                 last = state.step == t.max_steps or bool(state.stop)
+
                 if state.step % cfg.log.interval == 0 or last:
                     mean_loss = loss_sum.item() / window_steps  # the one sync per interval
                     if not math.isfinite(mean_loss):
                         raise Diverged(state.step, mean_loss)
                     state.losses.append(mean_loss)
-                    elapsed = time.perf_counter() - window_start
-                    step_s = elapsed / window_steps
-                    tps = tokens_per_step / step_s
+                    step_s = (extras_start - window_start) / window_steps
                     reporter.emit(p.Step(
-                        step=state.step, loss=mean_loss, lr=lr, grad_norm=float(norm),
-                        tokens_per_s=tps, step_ms=1000 * step_s,
-                        mfu=flops_per_step / step_s / runtime.peak_flops if runtime.peak_flops else None,
-                        mem_gb=runtime.memory_gb(), tokens=state.tokens,
+                        step=state.step, loss=mean_loss, lr=lr, grad_norm=float(run.last_norm),
+                        tokens_per_s=tokens_per_step / step_s, step_ms=1000 * step_s,
+                        mfu=flops_per_step / step_s / peak if peak else None,
+                        mem_gb=run.runtime.memory_gb(), tokens=state.tokens,
                         eta_s=(t.max_steps - state.step) * step_s,
                     ))  # fmt: skip
                     loss_sum.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
-                extras_start = time.perf_counter()
+                    window_steps, window_start = 0, extras_start
                 val_loss = None
-                if val_loader is not None and (state.step % t.eval_interval == 0 or last):
-                    val_loss = evaluate(model, val_loader, t.eval_steps, runtime)
+                if run.val_loader is not None and (state.step % t.eval_interval == 0 or last):
+                    val_loss = evaluate(run.model, run.val_loader, t.eval_steps, run.runtime)
                     reporter.emit(p.Eval(step=state.step, val_loss=val_loss, ppl=_ppl(val_loss)))
                 if state.step % t.sample_interval == 0 or last:
                     for prompt in t.sample_prompts:
-                        with runtime.autocast:
-                            text = generate(model, tokenizer, prompt, t.sample_tokens,
-                                            seed=t.seed + state.step)  # fmt: skip
-                        reporter.emit(p.Sample(step=state.step, prompt=prompt, text=text))
+                        run.sample(prompt, t.sample_tokens, seed=t.seed + state.step)
                 if state.step % cfg.checkpoint.interval == 0 or last:
-                    save(val_loss)
+                    run.save(val_loss)
                 window_start += time.perf_counter() - extras_start  # not step time
         reporter.emit(p.Done(step=state.step, reason=state.stop or "finished",
                              elapsed_s=time.perf_counter() - started))  # fmt: skip
@@ -199,12 +238,68 @@ def train(
     except BaseException as err:
         reporter.emit(p.Error(message=f"{type(err).__name__}: {err}", step=state.step))
         raise
-    finally:
-        reporter.close()
-        train_loader.close()
-        if val_loader is not None:
-            val_loader.close()
-    return state
+
+
+def train_step(run: Run, lr: float) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches; returns the mean loss, unsynced."""
+    t = run.cfg.train
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.runtime.device)
+    for _ in range(t.grad_accum):
+        x, y = run.train_loader.next()
+        with run.runtime.autocast:
+            _, loss = run.step_fn(x, y)
+        run.scaler.scale(loss / t.grad_accum).backward()
+        loss_sum += loss.detach() / t.grad_accum
+    run.scaler.unscale_(run.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(
+        run.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
+    )
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.last_norm = norm
+    return loss_sum
+
+
+def obey(run: Run, commands: list[p.Command]) -> None:
+    """Carry out the studio's commands between two steps. A pause holds here, still obeying
+    stop, save and sample, until resumed, stopped or signalled."""
+    state, link = run.state, run.link
+    pending = list(commands)
+    while pending or state.paused:
+        if not pending:
+            if state.stop or link is None or not link.connected:
+                state.paused = False  # a signal, or no studio left to resume us
+                break
+            command = link.wait(0.2)
+            if command is None:
+                continue
+            pending.append(command)
+        command = pending.pop(0)
+        if isinstance(command, p.Pause) and not state.paused:
+            state.paused = True
+            run.reporter.emit(p.Log(f"paused after step {state.step}"))
+        elif isinstance(command, p.Resume) and state.paused:
+            state.paused = False
+            run.reporter.emit(p.Log(f"resumed at step {state.step}"))
+        elif isinstance(command, p.Stop):
+            state.stop, state.paused = "stopped", False
+        elif isinstance(command, p.Save):
+            run.save()
+        elif isinstance(command, p.SampleRequest):
+            _answer_sample(run, command)
+
+
+def _answer_sample(run: Run, request: p.SampleRequest) -> None:
+    try:
+        run.sample(
+            request.prompt, request.max_tokens, request.id, temperature=request.temperature,
+            top_k=request.top_k, seed=None,
+        )  # fmt: skip
+    except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
+        run.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
 
 
 class Diverged(Exception):
@@ -338,9 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         help="continue the run from its latest checkpoint, or from PATH "
         "(a checkpoint file or run directory)",
     )  # fmt: skip
+    parser.add_argument(
+        "--report-to", metavar="ADDRESS",
+        help="the studio's socket (unix:PATH or tcp:127.0.0.1:PORT): send it every event and "
+        "obey its pause, resume, stop, save and sample commands; without it the run is headless",
+    )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
-    state = train(cfg, resume=args.resume)
+    state = train(cfg, resume=args.resume, report_to=args.report_to)
     return 0 if state.step > 0 or cfg.train.max_steps == 0 else 1
 
 

@@ -42,8 +42,14 @@ def test_step_records_carry_the_fields_the_studio_charts():
     [
         (b"not json", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"type": "nope"}', "unknown event type 'nope'"),
-        (b'{"type": "eval", "step": 1}', "bad 'eval' event"),
+        (b'{"type": "nope"}', "unknown message type 'nope'"),
+        (b'{"type": "eval", "step": 1}', "bad 'eval' message"),
+        (
+            b'{"type": "step", "step": "3", "loss": 1, "lr": 0, "grad_norm": 0, '
+            b'"tokens_per_s": 0, "step_ms": 0, "mfu": null, "mem_gb": 0}',
+            "step = '3'",
+        ),
+        (b'{"type": "eval", "step": true, "val_loss": 1.0, "ppl": 2.0}', "step = True"),
         (b"\xff\xfe", "not JSON"),
         (b"{" + b" " * p.MAX_LINE_BYTES + b"}", "exceeds"),
     ],
@@ -72,3 +78,50 @@ def test_protocol_module_never_imports_torch():
     code = "import engine.protocol, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_commands_round_trip_and_events_are_not_commands():
+    commands = [
+        p.Pause(), p.Resume(), p.Stop(), p.Save(),
+        p.SampleRequest(prompt="Once", max_tokens=20, temperature=0.5, top_k=10, top_p=0.9, id="7"),
+    ]  # fmt: skip
+    assert {c.type for c in commands} == set(p.COMMANDS)
+    for command in commands:
+        assert p.decode_command(p.encode(command)) == command
+    with pytest.raises(p.ProtocolError, match="unknown message type 'eval'"):
+        p.decode_command(p.encode(p.Eval(step=1, val_loss=1.0, ppl=2.7)))
+    with pytest.raises(p.ProtocolError, match="prompt"):
+        p.decode_command(b'{"type": "sample", "prompt": 5}')
+
+
+def test_hello_carries_the_token():
+    hello = p.decode_hello(p.encode(p.Hello(token="abc", pid=12)))
+    assert hello.token == "abc" and hello.pid == 12
+
+
+def test_line_buffer_reassembles_lines_and_drops_only_the_oversized_one():
+    buf = p.LineBuffer(limit=10)
+    assert buf.feed(b"abc\nde") == [b"abc"]
+    assert buf.feed(b"f\n") == [b"def"]
+    assert buf.feed(b"x" * 25) == []  # too long already: dropped, not buffered
+    assert buf.feed(b"yyy\nok\n") == [b"ok"]
+    assert buf.feed(b"0123456789AB\nfine\n") == [b"fine"]
+    assert buf.dropped == 2
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        ("unix:/tmp/s.sock", ("unix", "/tmp/s.sock")),
+        ("tcp:127.0.0.1:9000", ("tcp", ("127.0.0.1", 9000))),
+    ],
+)
+def test_addresses_parse(address, parsed):
+    assert p.parse_address(address) == parsed
+
+
+def test_a_bad_address_is_a_clear_error():
+    with pytest.raises(
+        p.ProtocolError, match=r"must be unix:/path/to/socket or tcp:127\.0\.0\.1:PORT"
+    ):
+        p.parse_address("localhost:80")
