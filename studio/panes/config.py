@@ -214,6 +214,18 @@ class ConfigPane(Vertical):
                 row.value = to_editor(get_value(config, key), self._kinds[key])
         self._rebuild()
 
+    def set_values(self, values: dict[str, bool | str]) -> None:
+        """Type into some fields at once, as a person would (other panes choose data here)."""
+        with self.prevent(Input.Changed, Select.Changed, Switch.Changed):
+            for key, value in values.items():
+                self._rows[key].value = value
+        self._rebuild()
+
+    def focus_field(self, key: str) -> None:
+        """Put the cursor in a field, e.g. the one that blocked a start."""
+        if key in self._rows:
+            self._rows[key].editor.focus()
+
     def on_field_row_changed(self, event: FieldRow.Changed) -> None:
         event.stop()
         self._rebuild()

@@ -86,3 +86,37 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_cancel(self) -> None:
         self.dismiss(False)
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Ask which of a few ways to go; None (Escape, or the last button) backs out."""
+
+    CSS_PATH = TCSS
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, choices: list[tuple[str, str]], cancel: str = "Cancel"):
+        """`choices` are (answer, button label); the first is the primary one."""
+        super().__init__()
+        self.question = question
+        self.choices = choices
+        self.cancel = cancel
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                for i, (answer, label) in enumerate(self.choices):
+                    variant = "primary" if i == 0 else "default"
+                    yield Button(label, variant=variant, id=f"choice-{answer}")
+                yield Button(self.cancel, id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one(Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        button_id = event.button.id or ""
+        self.dismiss(button_id.removeprefix("choice-") if button_id != "cancel" else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

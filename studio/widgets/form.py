@@ -38,18 +38,22 @@ class FieldRow(Widget):
         value: bool | str,
         *,
         choices: Sequence[str] | None = None,
+        labels: dict[str, str] | None = None,
         placeholder: str = "",
+        title: str = "",
         id: str | None = None,
     ) -> None:
-        """A bool gets a Switch, a value with `choices` a Select, anything else an Input."""
+        """A bool gets a Switch, a value with `choices` a Select (showing `labels` where given
+        instead of the bare values), anything else an Input."""
         super().__init__(id=id, classes="field")
         self.key = key
+        self.title = title or key.rpartition(".")[2]  # the label shown
         self.editor: Widget
         if isinstance(value, bool):
             self.editor = Switch(value, classes="field-editor")
         elif choices is not None:
             self.editor = Select(
-                [(c, c) for c in choices],
+                [((labels or {}).get(c, c), c) for c in choices],
                 value=value,
                 allow_blank=False,
                 compact=True,
@@ -61,7 +65,7 @@ class FieldRow(Widget):
             )
 
     def compose(self) -> ComposeResult:
-        yield Label(self.key.rpartition(".")[2], classes="field-key")
+        yield Label(self.title, classes="field-key")
         yield self.editor
         yield Label("", classes="field-error", markup=False)
 

@@ -1,0 +1,372 @@
+"""The Chat pane: talk to a checkpoint, or to the model that is training right now.
+
+A checkpoint is served by `python -m engine.generate SOURCE --serve` (studio.jobs.ChatServer),
+which streams each answer a few characters at a time. The live model has no server of its own:
+a prompt goes up to the app as `AskLive`, on to the training run as a `sample` command, and its
+answer comes back whole, generated from the live weights between two steps.
+
+Streamed text is not written into the page per piece: pieces collect in the exchange and a
+timer shows them twenty times a second, so a fast model cannot flood the screen with relayouts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static
+
+from engine import protocol as p
+from studio.jobs import ChatServer, Exit, first_error
+from studio.rundir import list_runs
+from studio.widgets.dialogs import PathDialog
+from studio.widgets.form import FieldRow
+
+LIVE = "live"  # the Select value of the model training right now
+SHOW_S = 0.05
+
+# name: (default text, parse, what is accepted)
+SETTINGS: dict[str, tuple[str, Any, str]] = {
+    "temperature": ("0.8", float, "a number from 0 (always the likeliest) to 5"),
+    "top_k": ("200", int, "a whole number, 0 for no limit"),
+    "top_p": ("1.0", float, "a number above 0 and at most 1"),
+    "max_tokens": ("200", int, "a whole number from 1 to 4096"),
+}
+
+
+def check_setting(name: str, text: str) -> tuple[Any, str]:
+    """(value, "") or (None, what is wrong): the rule for each sampling setting."""
+    _, parse, accepted = SETTINGS[name]
+    try:
+        value = parse(text.strip())
+    except ValueError:
+        return None, f"{text.strip()!r} is not {accepted}"
+    fits = {
+        "temperature": 0 <= value <= 5,
+        "top_k": value >= 0,
+        "top_p": 0 < value <= 1,
+        "max_tokens": 1 <= value <= 4096,
+    }[name]
+    return (value, "") if fits else (None, f"{value} is not {accepted}")
+
+
+@dataclass
+class Exchange:
+    """One prompt and its answer as it grows."""
+
+    id: str
+    model: str
+    prompt: str
+    answer: str = ""
+    note: str = ""  # how it ended: tokens and speed, or the error
+    done: bool = False
+    widget: Static | None = None
+    shown: str = ""  # what the widget last showed
+
+
+class ChatPane(Vertical):
+    """Pick a model, set how it samples, type a prompt, read the answer as it is written."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+o", "open", "Open checkpoint", tooltip="Chat with a run folder or .pt file"),
+        Binding("ctrl+n", "new_chat", "New chat", tooltip="Clear the history and the context"),
+    ]
+
+    class AskLive(Message):
+        """A prompt for the model training now, to be sent as a `sample` command."""
+
+        def __init__(self, request: p.SampleRequest) -> None:
+            super().__init__()
+            self.request = request
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.out_dir = Path("runs")
+        self.live_run: str | None = None  # the name of the run training now, if any
+        self.source = ""  # LIVE, or the run folder / checkpoint being served
+        self.server: ChatServer | None = None
+        self.ready: dict[str, Any] | None = None  # the server's `ready` reply
+        self.history: list[Exchange] = []
+        self._ids = itertools.count(1)
+        self._fresh = True  # the next request starts a new conversation
+        self._choices: list[tuple[str, str]] = []
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="chat-top"):
+            yield Label("Model", classes="chat-label")
+            yield Select([], prompt="pick a run, or open a checkpoint (ctrl+o)", id="chat-model")
+            yield Static("no model yet", id="chat-model-info", markup=False)
+        with Horizontal(id="chat-body"):
+            yield VerticalScroll(id="chat-history")
+            with Vertical(id="chat-settings"):
+                yield Label("Sampling", classes="box-title")
+                for name, (default, _, accepted) in SETTINGS.items():
+                    yield FieldRow(name, default, placeholder=accepted, id=f"chat-{name}")
+                yield FieldRow("remember", False, id="chat-remember")
+                yield Static(
+                    "remember: each prompt continues the conversation so far",
+                    id="chat-remember-hint",
+                    markup=False,
+                )
+        yield Input(placeholder="Type a prompt and press Enter", id="chat-prompt")
+
+    def on_mount(self) -> None:
+        self.set_interval(SHOW_S, self._show_growth)
+        self.refresh_models()
+
+    # -- data in ---------------------------------------------------------------------------
+
+    def set_out_dir(self, out_dir: str) -> None:
+        if Path(out_dir) != self.out_dir:
+            self.out_dir = Path(out_dir)
+            self.refresh_models()
+
+    def set_live_run(self, name: str | None) -> None:
+        self.live_run = name
+        self.refresh_models()
+        if name is None and self.source == LIVE:
+            self.source = ""
+            self._info("the live run has ended: pick its checkpoints from the list")
+
+    def refresh_models(self) -> None:
+        """Offer the live run and every run under out_dir that has a checkpoint."""
+        choices = []
+        if self.live_run:
+            choices.append((f"● {self.live_run} (training now: live weights)", LIVE))
+        for run in list_runs(self.out_dir):
+            if run.checkpoints:
+                choices.append((f"{run.name} (step {run.step}, {run.shape})", str(run.path)))
+        if self.source and self.source != LIVE and all(v != self.source for _, v in choices):
+            choices.append((self.source, self.source))
+        if choices == self._choices:
+            return
+        self._choices = choices
+        select = self.query_one("#chat-model", Select)
+        with self.prevent(Select.Changed):
+            select.set_options(choices)
+            if self.source and any(v == self.source for _, v in choices):
+                select.value = self.source
+
+    # -- choosing a model ------------------------------------------------------------------
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id != "chat-model":
+            return
+        event.stop()
+        if isinstance(event.value, str) and event.value != self.source:
+            self.use(event.value)
+
+    @work(exclusive=True, group="chat-model")
+    async def action_open(self) -> None:
+        """Ask for a run folder or checkpoint file and chat with it."""
+        answer = await self.app.push_screen_wait(
+            PathDialog("Chat with a run folder or a .pt checkpoint", action="Open")
+        )
+        if answer:
+            path = Path(answer).expanduser()
+            if not path.exists():
+                self.notify(
+                    f"{path}: no such run folder or checkpoint file",
+                    title="Not opened",
+                    severity="error",
+                    markup=False,
+                )
+                return
+            self.use(str(path))
+
+    def use(self, source: str) -> None:
+        """Chat with `source`: LIVE, a run folder or a checkpoint file."""
+        self.source = source
+        self._fresh = True
+        self.refresh_models()
+        if source == LIVE:
+            self._close_server()
+            self._info(f"{self.live_run}: the live weights; answers arrive between two steps")
+            return
+        self._start_server(source)
+
+    @work(exclusive=True, group="chat-server")
+    async def _start_server(self, source: str) -> None:
+        await self._close_server_now()
+        self.ready = None
+        self._info(f"loading {source} ...")
+        server = ChatServer(self._reply, self._note, self._server_exited)
+        self.server = server
+        try:
+            await server.start(source)
+        except OSError as err:
+            self._info(f"could not start the chat server: {err}", error=True)
+
+    def _close_server(self) -> None:
+        if self.server is not None:
+            self.run_worker(self._close_server_now(), group="chat-close")
+
+    async def _close_server_now(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.close()
+
+    async def close(self) -> None:
+        """The studio is quitting: end the chat server."""
+        await self._close_server_now()
+
+    # -- asking ----------------------------------------------------------------------------
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "chat-prompt":
+            return
+        event.stop()
+        if self.send(event.value):
+            event.input.value = ""
+
+    def send(self, prompt: str) -> bool:
+        """Send a prompt to the chosen model; False (with the reason shown) when it cannot go."""
+        settings, problem = self._settings()
+        if problem:
+            self.notify(problem, title="Cannot send: fix this first", severity="error")
+            return False
+        if not self.source:
+            self.notify("Pick a model first (the list at the top, or ctrl+o).", severity="error")
+            return False
+        if any(not e.done for e in self.history):
+            self.notify("Wait for the answer being written first.", severity="warning")
+            return False
+        ask_id = f"chat-{next(self._ids)}"
+        if self.source == LIVE:
+            request = p.SampleRequest(
+                prompt=prompt,
+                max_tokens=settings["max_tokens"],
+                temperature=settings["temperature"],
+                top_k=settings["top_k"],
+                top_p=settings["top_p"],
+                id=ask_id,
+            )
+            self._add(Exchange(ask_id, self.live_run or "live", prompt, note="waiting for a step"))
+            self.post_message(self.AskLive(request))
+            return True
+        if self.server is None or self.ready is None:
+            self.notify("The model is still loading; try again in a moment.", severity="warning")
+            return False
+        remember = bool(self.query_one("#chat-remember", FieldRow).value)
+        request = {"id": ask_id, "prompt": prompt, **settings, "chat": remember}
+        if self._fresh:
+            request["reset"] = True
+            self._fresh = False
+        self._add(Exchange(ask_id, Path(self.source).name, prompt))
+        self.server.ask(request)
+        return True
+
+    def _settings(self) -> tuple[dict[str, Any], str]:
+        values, problem = {}, ""
+        for name in SETTINGS:
+            row = self.query_one(f"#chat-{name}", FieldRow)
+            value, error = check_setting(name, str(row.value))
+            row.error = error
+            if error and not problem:
+                problem = f"{name}: {error}"
+                row.editor.focus()
+            values[name] = value
+        return values, problem
+
+    def on_field_row_changed(self, event: FieldRow.Changed) -> None:
+        event.stop()
+        if event.row.key in SETTINGS:  # validation as you type
+            event.row.error = check_setting(event.row.key, str(event.row.value))[1]
+
+    def action_new_chat(self) -> None:
+        """Forget the history on screen and the conversation the model remembers."""
+        self.history.clear()
+        self.query_one("#chat-history", VerticalScroll).remove_children()
+        self._fresh = True
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def live_answer(self, sample: p.Sample) -> None:
+        """The training run's answer to an AskLive."""
+        exchange = self._find(sample.id)
+        if exchange is not None:
+            exchange.answer = sample.text
+            exchange.note = f"live weights at step {sample.step}"
+            exchange.done = True
+
+    def live_refused(self, request_id: str) -> None:
+        exchange = self._find(request_id)
+        if exchange is not None:
+            exchange.note, exchange.done = "not sent: the run is not connected", True
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        kind = reply["type"]
+        if kind == "ready":
+            self.ready = reply
+            self._info(
+                f"{Path(str(reply.get('checkpoint', self.source))).name} · step "
+                f"{reply.get('step')} · {reply.get('params', 0):,} parameters · context "
+                f"{reply.get('block_size')}"
+            )
+            return
+        exchange = self._find(str(reply.get("id")))
+        if exchange is None:
+            return
+        if kind == "token":
+            exchange.answer += str(reply.get("text", ""))
+        elif kind == "end":
+            cut = (
+                " · the prompt was cut to fit the context" if reply.get("truncated_prompt") else ""
+            )
+            exchange.note = (
+                f"{reply.get('tokens')} tokens at {float(reply.get('tokens_per_s', 0)):.0f}/s{cut}"
+            )
+            exchange.done = True
+        elif kind == "error":
+            exchange.note, exchange.done = f"error: {reply.get('message')}", True
+
+    def _note(self, text: str) -> None:
+        self._info(text, error=True)
+
+    def _server_exited(self, exit: Exit) -> None:
+        self.server, self.ready = None, None
+        for exchange in self.history:
+            if not exchange.done:
+                exchange.note, exchange.done = "the model's process ended", True
+        message = first_error(exit)
+        self._info(f"the chat server stopped: {message}", error=True)
+        self.notify(message, title="Chat ended", severity="error", markup=False)
+
+    # -- showing ---------------------------------------------------------------------------
+
+    def _find(self, ask_id: str) -> Exchange | None:
+        return next((e for e in self.history if e.id == ask_id), None)
+
+    def _add(self, exchange: Exchange) -> None:
+        self.history.append(exchange)
+        exchange.widget = Static("", classes="chat-exchange", markup=False)
+        history = self.query_one("#chat-history", VerticalScroll)
+        history.mount(exchange.widget)
+        self._show(exchange)
+
+    def _show_growth(self) -> None:
+        for exchange in self.history[-3:]:
+            self._show(exchange)
+
+    def _show(self, exchange: Exchange) -> None:
+        if exchange.widget is None:
+            return
+        tail = f"\n  [{exchange.note}]" if exchange.note else ""
+        cursor = "" if exchange.done else " ▌"
+        text = f"you › {exchange.prompt}\n{exchange.model} › {exchange.prompt}{exchange.answer}{cursor}{tail}"
+        if text != exchange.shown:
+            exchange.shown = text
+            exchange.widget.update(text)
+            self.query_one("#chat-history", VerticalScroll).scroll_end(animate=False)
+
+    def _info(self, text: str, *, error: bool = False) -> None:
+        info = self.query_one("#chat-model-info", Static)
+        info.update(text)
+        info.set_class(error, "-error")
