@@ -20,6 +20,7 @@ from typing import ClassVar
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.command import CommandPalette
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
@@ -107,8 +108,8 @@ class StudioApp(App[None]):
     # -- panes -----------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "show_pane":
-            return isinstance(self.screen, PanesScreen)  # not from under a dialog
+        if action == "show_pane":  # not from under a dialog, but from the palette
+            return isinstance(self.screen, (PanesScreen, CommandPalette))
         return True
 
     def action_show_pane(self, pane: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -114,6 +115,9 @@ class TrainPane(Vertical):
         self.config: Config | None = None  # the Config pane's last valid config
         self.errors: dict[str, str] = {}  # and what is wrong with the form now
         self.job: TrainJob | None = None
+        # argv for the engine's arguments; None: python -m engine.train (a benchmark or a test
+        # puts a stand-in engine here)
+        self.engine_command: Callable[[list[str]], list[str]] | None = None
         self.follow_tail: MetricsTail | None = None
         self.run_name = ""
         self.run_dir: Path | None = None
@@ -123,6 +127,7 @@ class TrainPane(Vertical):
         self.samples: deque[p.Sample] = deque(maxlen=SAMPLES_KEPT)
         self.events_seen = 0
         self.notes: list[str] = []  # what went wrong on the wire, as logged
+        self.log_lines: list[str] = []  # everything written to the event log, unwrapped
         self._inbox: list[p.Event] = []
         self._last: dict[str, p.Event] = {}  # the latest event of each type, for the status
 
@@ -242,8 +247,7 @@ class TrainPane(Vertical):
         self.post_message(self.RunChanged(config.name, config.run_dir))
 
     def _make_job(self) -> TrainJob:
-        """A job whose callbacks land in this pane (the benchmark swaps the engine command)."""
-        return TrainJob(self._receive, self._note, self._exited)
+        return TrainJob(self._receive, self._note, self._exited, command=self.engine_command)
 
     def action_pause(self) -> None:
         if self._send(p.Pause()):
@@ -470,6 +474,7 @@ class TrainPane(Vertical):
         )
 
     def _log(self, text: str, *, error: bool = False) -> None:
+        self.log_lines.append(text)
         self.query_one("#train-log", RichLog).write(
             Text(text, "bold red" if error else ""), scroll_end=True
         )

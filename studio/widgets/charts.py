@@ -157,7 +157,9 @@ class Chart(Widget):
     def render(self) -> Text:
         width, height = self.size
         key = (self._version, width, height)
-        if key != self._drawn and width >= 20 and height >= 6:
+        if not self.points:
+            self._text = Text.assemble((self.title, "bold"), "\n\nno points yet")
+        elif key != self._drawn and width >= 20 and height >= 6:
             self._text = draw(self.title, list(self.series.values()), width, height, self.fmt)
             self._drawn = key
         elif width < 20 or height < 6:
