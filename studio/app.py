@@ -23,7 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent, TabPane
 
 from engine import __version__
 from engine.config import Config, ConfigError, load
@@ -33,6 +33,7 @@ from studio.panes.config import ConfigPane
 from studio.panes.dataset import DatasetPane
 from studio.panes.runs import RunsPane
 from studio.panes.train import TrainPane
+from studio.widgets.keybar import KeyBar
 
 HERE = Path(__file__).parent
 
@@ -92,7 +93,7 @@ class StudioApp(App[None]):
             for pane, (title, key, _) in PANES.items():
                 with TabPane(f"{title} {self.get_key_display(Binding(key, ''))}", id=pane):
                     yield self._pane(pane)
-        yield Footer()
+        yield KeyBar()
 
     def _pane(self, pane: str) -> Widget:
         if pane == "config":

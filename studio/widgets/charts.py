@@ -128,8 +128,7 @@ class Chart(Widget):
         if y is None:
             return  # a diverged loss or an unknown figure: a gap, not a point
         self.series[name].add(x, y)
-        self._version += 1
-        self._stale = True
+        self._stale = True  # drawn by the timer, not now
 
     def clear(self) -> None:
         for s in self.series.values():
@@ -150,8 +149,11 @@ class Chart(Widget):
         return sum(len(s.xs) for s in self.series.values())
 
     def _redraw_if_stale(self) -> None:
-        if self._stale:
+        # a hidden chart waits: when its pane is shown, the first paint reuses the last
+        # drawing, so switching panes never waits for plotext; the next tick brings it up to date
+        if self._stale and self.region.area:
             self._stale = False
+            self._version += 1
             self.refresh()
 
     def render(self) -> Text:
