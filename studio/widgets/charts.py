@@ -83,11 +83,18 @@ def draw(title: str, series: list[Series], width: int, height: int, fmt: Format 
         signal = fig.signal(xs, ys, marker=marker)
         signal.lines()
         fig.draw(signal)
-    if filled:
-        xs = [x for s in filled for x in (s.xs[0], s.xs[-1])]
-        ys = [y for s in filled for y in s.ys]
-        xt = nice_ticks(min(xs), max(xs), max(2, width // 12))
-        yt = nice_ticks(min(ys), max(ys), max(2, (height - 4) // 2))
+    if filled:  # limits first: plotext spreads ticks evenly unless it knows the range
+        x0 = min(s.xs[0] for s in filled)
+        x1 = max(s.xs[-1] for s in filled)
+        y0 = min(min(s.ys) for s in filled)
+        y1 = max(max(s.ys) for s in filled)
+        pad = (y1 - y0) * 0.05 or abs(y0) * 0.05 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+        x1 = x1 if x1 > x0 else x0 + 1
+        fig.ruler(0).lim(x0, x1)
+        fig.ruler(1).lim(y0, y1)
+        xt = nice_ticks(x0, x1, max(2, width // 12))
+        yt = nice_ticks(y0, y1, max(2, (height - 4) // 2))
         fig.ruler(0).ticks(xt, [f"{x:g}" if abs(x) < 1e5 else human(x) for x in xt])
         fig.ruler(1).ticks(yt, [fmt(y) for y in yt])
     names = " · ".join(f"{s.name} {'⣿' if i == 0 else '•'}" for i, s in enumerate(filled))
