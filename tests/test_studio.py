@@ -402,7 +402,7 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
         kind.value = "char"
         await pilot.pause()
 
-        await pilot.press("ctrl+b")
+        await pilot.press("f5")
         bar = data.query_one("#data-progress")
         await until(pilot, lambda: data.prepared, "the prepare to finish")
         assert bar.percentage == 1.0 and data.progress[0] == data.progress[1] > 0

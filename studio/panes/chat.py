@@ -65,6 +65,7 @@ class Exchange:
     model: str
     prompt: str
     answer: str = ""
+    pieces: int = 0  # how many streamed pieces it arrived in
     note: str = ""  # how it ended: tokens and speed, or the error
     done: bool = False
     widget: Static | None = None
@@ -316,6 +317,7 @@ class ChatPane(Vertical):
             return
         if kind == "token":
             exchange.answer += str(reply.get("text", ""))
+            exchange.pieces += 1
         elif kind == "end":
             cut = (
                 " · the prompt was cut to fit the context" if reply.get("truncated_prompt") else ""

@@ -87,8 +87,10 @@ class DatasetPane(Vertical):
             )
             for name, key in BUILTINS.items()
         ],
-        Binding("ctrl+b", "prepare", "Prepare", tooltip="Tokenize the corpus into cached shards"),
-        Binding("ctrl+y", "inspect", "Look again", tooltip="Count and preview the corpus anew"),
+        # F-keys rather than ctrl+letters: the text fields here own most of those, and tmux
+        # takes ctrl+b
+        Binding("f4", "inspect", "Look again", tooltip="Count and preview the corpus anew"),
+        Binding("f5", "prepare", "Prepare", tooltip="Tokenize the corpus into cached shards"),
     ]
 
     class Chosen(Message):
@@ -133,8 +135,8 @@ class DatasetPane(Vertical):
             )
             yield FieldRow("tokenizer.vocab_size", "8192", title="vocab size", id="data-vocab")
         with Horizontal(id="data-prepare"):
-            yield Button("Prepare", id="data-prepare-button", compact=True, tooltip="ctrl+b")
-            yield ProgressBar(total=None, show_eta=False, id="data-progress")
+            yield Button("Prepare", id="data-prepare-button", compact=True, tooltip="f5")
+            yield ProgressBar(total=1, show_eta=False, id="data-progress")  # not pulsing: idle
             yield Label("", id="data-progress-text", markup=False)
 
     # -- data in ---------------------------------------------------------------------------
@@ -311,6 +313,7 @@ class DatasetPane(Vertical):
             shutil.rmtree(folder, ignore_errors=True)
             button.disabled = False
         if exit.code != 0:
+            bar.update(total=1, progress=0)
             text.update(f"failed: {first_error(exit)}")
             self.notify(first_error(exit), title="Prepare failed", severity="error", markup=False)
             return

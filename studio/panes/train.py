@@ -141,7 +141,7 @@ class TrainPane(Vertical):
             yield Button("Save now", id="train-save", compact=True, tooltip="c")
             yield Static(id="train-status", markup=False)
         with Horizontal(id="train-progress-row"):
-            yield ProgressBar(total=None, show_eta=False, id="train-progress")
+            yield ProgressBar(total=1, show_eta=False, id="train-progress")  # not pulsing: idle
             yield Label("", id="train-eta", markup=False)
         yield Static(id="train-figures", markup=False)
         yield RunCharts(id="train-charts")
@@ -352,6 +352,8 @@ class TrainPane(Vertical):
             for line in exit.stderr:
                 self._log(f"  {line}", error=True)
             self.notify(first_error(exit), title="Training failed", severity="error", markup=False)
+        if not self.max_steps:  # it never started: stop the bar's waiting pulse
+            self.query_one(ProgressBar).update(total=1, progress=0)
         self.job = None
         self.state = IDLE
         self.post_message(self.RunChanged(None, None))
