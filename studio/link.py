@@ -99,10 +99,11 @@ class EngineLink:
         return True
 
     async def drained(self, timeout: float) -> None:
-        """Wait (at most `timeout` s) until the engine's last line is read: after it exits."""
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._gone.wait(), timeout)
+        """Wait (at most `timeout` s) until the engine's connection has ended and its last line
+        is read: called once it has exited. Its connection may not even have been accepted yet
+        on a busy machine, so this waits whether or not it is connected."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._gone.wait(), timeout)
 
     async def close(self) -> None:
         """Hang up and stop listening. A running engine carries on headless."""

@@ -124,7 +124,8 @@ def test_tiny_trains_live_charts_samples_chat_pause_resume_and_stop(tmp_path):
         assert charts.chart("loss").points >= 2 and charts.chart("speed").points >= 1
         await until(pilot, lambda: train.samples, "a live sample")
         assert train.samples[-1].prompt == "the "
-        assert "step 20 · 'the '" in str(train.query_one("#train-samples", Static).content)
+        shown = str(train.query_one("#train-samples", Static).content)
+        assert f"step {train.samples[-1].step} · 'the '\nthe " in shown
 
         # talk to the model while it trains: the question goes over the socket as `sample`
         await pilot.press("ctrl+l")
@@ -203,7 +204,7 @@ def test_an_engine_that_crashes_mid_run_is_reported(tmp_path, monkeypatch):
         fake_engine(train)
         await pilot.press("ctrl+t", "s")
         await until(pilot, lambda: train.last_exit is not None, "the crash")
-        assert train.last_exit.code == 3 and train.step == 5
+        assert train.last_exit.code == 3 and train.step == 5, (train.last_exit, train.step)
         log = log_text(app)
         assert "the engine exited with code 3; the last lines it wrote:" in log
         assert "RuntimeError: the fake engine fell over" in log
