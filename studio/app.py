@@ -204,8 +204,8 @@ class StudioApp(App[None]):
         await train.start_run(config, resume=True)
 
     def on_runs_pane_chat(self, event: RunsPane.Chat) -> None:
+        self.query_one(ChatPane).use(str(event.run_dir))  # first: showing it would pick one
         self.action_show_pane("chat")
-        self.query_one(ChatPane).use(str(event.run_dir))
 
     # -- quitting --------------------------------------------------------------------------
 

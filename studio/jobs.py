@@ -92,11 +92,12 @@ class TrainJob:
         self.command = command or (lambda args: engine_command("engine.train", *args))
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit: Exit | None = None
+        self.left = False  # the user left it training headless: no longer ours
         self._watch: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.exit is None
+        return self.proc is not None and self.exit is None and not self.left
 
     async def start(self, config: Config, *, resume: bool = False) -> None:
         path = save(config, self.folder / "config.toml")
@@ -150,6 +151,7 @@ class TrainJob:
 
     async def leave(self) -> None:
         """Hang up without stopping it: the engine notices and carries on headless."""
+        self.left = True
         if self._watch is not None:
             self._watch.cancel()
         await self.link.close()

@@ -8,6 +8,7 @@ speaks the same protocol without torch, so they take a second rather than ten.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,7 +60,12 @@ def drive(test: Callable[[RecordingApp, Pilot], Awaitable[None]], **app_kw) -> N
         app = RecordingApp(**app_kw)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
-            await test(app, pilot)
+            try:
+                await test(app, pilot)
+            finally:  # a failed test must not leave its engine training headless
+                job = app.query_one(TrainPane).job
+                if job is not None and job.running:
+                    job.kill()
 
     asyncio.run(run())
 
@@ -414,6 +420,57 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
         ) in app.notes
 
     drive(test)
+
+
+# --- chat ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("engine.chat_protocol") is None,
+    reason="needs python -m engine.generate --serve (issue 6, not merged yet)",
+)
+def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
+    from engine.train import train as train_headless
+
+    cfg = tiny_config(tmp_path, train__max_steps=10)
+    train_headless(cfg, quiet=True)
+
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        await pilot.press("ctrl+r")
+        runs = app.query_one(RunsPane)
+        await until(pilot, lambda: runs.runs, "the run list")
+        await pilot.press("c")  # chat with it: the Chat pane starts engine.generate --serve
+        chat = app.query_one(ChatPane)
+        assert app.query_one(TabbedContent).active == "chat" and chat.source == str(cfg.run_dir)
+        await until(pilot, lambda: chat.ready is not None, "the model to load")
+        assert chat.ready["step"] == 10
+        settings = chat.query_one("#chat-max_tokens", FieldRow)
+        settings.editor.focus()
+        await pilot.press("ctrl+u", *"40")
+        chat.query_one("#chat-temperature", FieldRow).editor.focus()
+        await pilot.press("ctrl+u", *"9")
+        assert "is not a number from 0" in chat.query_one("#chat-temperature", FieldRow).error
+        chat.query_one("#chat-prompt").focus()
+        await pilot.press(*"the ", "enter")
+        assert not chat.history  # refused: the temperature is out of range
+        assert app.notes[-1] == (
+            "error",
+            "temperature: 9.0 is not a number from 0 (always the likeliest) to 5",
+        )
+        chat.query_one("#chat-temperature", FieldRow).editor.focus()
+        await pilot.press("ctrl+u", *"0.8")
+        chat.query_one("#chat-prompt").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: chat.history and chat.history[-1].done, "the answer")
+        answer = chat.history[-1]
+        assert answer.prompt == "the " and answer.answer and answer.pieces >= 2  # streamed
+        assert "tokens at" in answer.note
+        await pilot.press(*"and ", "enter")  # a second turn in the same session
+        await until(pilot, lambda: len(chat.history) == 2 and chat.history[-1].done, "turn 2")
+        await pilot.press("ctrl+n")
+        assert not chat.history
+
+    drive(test, config=cfg)
 
 
 # --- the frame ----------------------------------------------------------------------------

@@ -122,6 +122,13 @@ class ChatPane(Vertical):
         self.set_interval(SHOW_S, self._show_growth)
         self.refresh_models()
 
+    def on_show(self) -> None:
+        """Opening the pane with no model chosen picks the likeliest one: the run training
+        now, else the newest run with a checkpoint, so a new user can just type."""
+        self.refresh_models()
+        if not self.source and self._choices:
+            self.use(self._choices[0][1])
+
     # -- data in ---------------------------------------------------------------------------
 
     def set_out_dir(self, out_dir: str) -> None:

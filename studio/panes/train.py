@@ -151,7 +151,7 @@ class TrainPane(Vertical):
                 yield Static("none yet", id="train-samples", markup=False)
             with Vertical(id="train-log-box"):
                 yield Label("Events", classes="box-title")
-                yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000)
+                yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000, min_width=20)
 
     def on_mount(self) -> None:
         self.set_interval(FLUSH_S, self._flush)
