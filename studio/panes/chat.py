@@ -153,13 +153,13 @@ class ChatPane(Vertical):
                 choices.append((f"{run.name} (step {run.step}, {run.shape})", str(run.path)))
         if self.source and self.source != LIVE and all(v != self.source for _, v in choices):
             choices.append((self.source, self.source))
-        if choices == self._choices:
-            return
-        self._choices = choices
         select = self.query_one("#chat-model", Select)
         with self.prevent(Select.Changed):
-            select.set_options(choices)
-            if self.source and any(v == self.source for _, v in choices):
+            if choices != self._choices:
+                self._choices = choices
+                select.set_options(choices)
+            known = any(v == self.source for _, v in choices)
+            if self.source and known and select.value != self.source:
                 select.value = self.source
 
     # -- choosing a model ------------------------------------------------------------------
