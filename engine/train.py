@@ -38,7 +38,8 @@ class State:
 
     step: int = 0
     tokens: int = 0
-    stop: str = ""  # why the loop should end early: "signal" or "stopped"
+    stop: str = ""  # why the loop should end early: "signal" or "stopped", as all ranks agreed
+    signalled: bool = False  # SIGINT/SIGTERM seen here: a request, until the ranks agree on it
     paused: bool = False
     losses: list[float] = field(default_factory=list)
 
@@ -357,7 +358,9 @@ def agree(run: Run, wait: float = 0.0) -> list[p.Command]:
         else:
             commands = link.poll()
     connected = link is not None and link.connected
-    commands, run.state.stop, run.studio = run.group.share(commands, run.state.stop, connected)
+    state = run.state
+    asked = "signal" if state.signalled else state.stop
+    commands, state.stop, run.studio = run.group.share(commands, asked, connected)
     return commands
 
 
@@ -470,9 +473,9 @@ def _stop_on_signals(state: State, at_once: bool = True):
     processes that already had it, and whose own SIGKILL after a grace period is the hard stop."""
 
     def handler(signum: int, frame: Any) -> None:
-        if state.stop and signum == signal.SIGINT and at_once:
+        if state.signalled and signum == signal.SIGINT and at_once:
             raise KeyboardInterrupt
-        state.stop = "signal"
+        state.signalled = True  # acted on after the current step, when `agree` sees it
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
