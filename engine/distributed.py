@@ -34,7 +34,6 @@ from engine.model import GPT
 # matters for a genuine deadlock.
 CONTROL_TIMEOUT = timedelta(hours=24)
 STOPS = ("", "stopped", "signal")  # the values of State.stop, in rising priority
-PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -194,8 +193,7 @@ class Parallel:
     """
 
     def __init__(self, model: GPT, group: Group, parallel: str = "ddp") -> None:
-        if parallel not in PARALLEL:
-            raise UsageError(f"train.parallel = {parallel!r} must be one of {', '.join(PARALLEL)}")
+        """`parallel` is train.parallel, "ddp" or "fsdp"; with one process it changes nothing."""
         self.group = group
         self.kind = parallel if group.world_size > 1 else "single"
         self.model = model
