@@ -390,26 +390,6 @@ def build_tokenizer(
 # --- command line -------------------------------------------------------------------------------
 
 
-def _source_files(source: Path, include: str) -> list[Path]:
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise UsageError(f"source {source} does not exist; give a text file or a folder")
-    files = sorted(p for p in source.rglob(include) if p.is_file())
-    if not files:
-        raise UsageError(f"source folder {source} has no files matching --include {include!r}")
-    return files
-
-
-def _read_texts(files: Sequence[Path], chunk_chars: int = 1 << 20) -> Iterator[str]:
-    """Stream large chunks: memory stays flat, and few boundaries split a word."""
-    for path in files:
-        # newline="" keeps "\r\n" as written, so the tokenizer learns the bytes it will see.
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            while chunk := f.read(chunk_chars):
-                yield chunk
-
-
 def _train(args: argparse.Namespace) -> int:
     if args.kind == "char" and args.vocab_size is not None:
         raise UsageError("--vocab-size applies to --kind bpe; a char vocabulary is SOURCE's set")
@@ -421,13 +401,13 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; pass --force to overwrite it or --out elsewhere")
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
-    source = Path(args.source)
-    files = _source_files(source, args.include)
-    n_bytes = sum(p.stat().st_size for p in files)
-    if not n_bytes:
-        raise UsageError(f"source {source} holds no text ({len(files)} empty files)")
+    from engine.data import sources  # the same readers as training: files, folders, parquet
 
-    texts = _read_texts(files)
+    names = sources.Names(source="SOURCE", include="--include", column="--text-column")
+    source = sources.resolve(
+        args.source, text_column=args.text_column, include=args.include, names=names
+    )
+    texts = sources.texts(source)
     tok: BPETokenizer | CharTokenizer
     if args.kind == "bpe":
         tok = BPETokenizer.train(texts, vocab_size)
@@ -435,8 +415,8 @@ def _train(args: argparse.Namespace) -> int:
         tok = CharTokenizer.train(texts)
     tok.save(out)
     print(
-        f"trained {args.kind} tokenizer: vocab size {tok.vocab_size:,} from {n_bytes:,} bytes "
-        f"in {len(files)} files -> {out}"
+        f"trained {args.kind} tokenizer: vocab size {tok.vocab_size:,} from "
+        f"{source.total_bytes:,} bytes in {len(source.files)} files -> {out}"
     )
     return 0
 
@@ -448,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a BPE or char tokenizer on text files")
-    train.add_argument("source", help="a text file, or a folder read recursively")
+    train.add_argument(
+        "source", help="builtin:prose, builtin:code, a text/.jsonl/parquet file, a folder or a glob"
+    )
     train.add_argument("--kind", choices=("bpe", "char"), default="bpe")
     train.add_argument(
         "--vocab-size", type=int, help=f"ids in the BPE vocabulary (default {DEFAULT_BPE_VOCAB})"
@@ -457,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="output file (default tokenizer.json, or char_tokenizer.json for char)"
     )
     train.add_argument("--include", default="*.txt", help="glob for files in a folder SOURCE")
+    train.add_argument("--text-column", default="text", help="jsonl field / parquet column")
     train.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     args = parser.parse_args(argv)
     return _train(args)

@@ -386,7 +386,7 @@ def test_cli_refuses_to_overwrite_without_force(source: Path, tmp_path: Path, ca
     "case, message",
     [
         ("missing", "does not exist"),
-        ("folder-without-txt", "no files matching --include '*.txt'"),
+        ("folder-without-txt", "no files matching --include = '*.txt'"),
         ("empty-file", "holds no text"),
     ],
 )

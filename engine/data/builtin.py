@@ -24,10 +24,10 @@ _SKIP_DIRS = frozenset(
 )
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, setting: str = "data.source") -> str:
     if name not in NAMES:
         known = ", ".join(f"builtin:{n}" for n in NAMES)
-        raise UsageError(f"data.source: unknown built-in corpus 'builtin:{name}'; choose {known}")
+        raise UsageError(f"{setting}: unknown built-in corpus 'builtin:{name}'; choose {known}")
     return name
 
 

@@ -9,13 +9,13 @@ whether one process reads them all or N ranks read a slice each (rank r of N tak
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from engine.data.prefetch import Prefetch
 from engine.data.shards import Dataset
 from engine.errors import UsageError
 
@@ -80,9 +80,7 @@ class ShardLoader:
         if prefetch is None:
             prefetch = 2 if self.device.type == "cuda" else 0
         self._prefetch = prefetch
-        self._thread: threading.Thread | None = None
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
+        self._ahead: Prefetch[torch.Tensor] | None = None
 
     # --- which tokens ---------------------------------------------------------------------------
 
@@ -112,47 +110,25 @@ class ShardLoader:
         return self.batch_size * self.world_size
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self._next_prefetched() if self._prefetch else self._batch_at(self.row)
+        if not self._prefetch:
+            batch = self._batch_at(self.row)
+        else:
+            if self._ahead is None:
+                self._ahead = Prefetch(self._batches(self.row), self._prefetch, "shard-prefetch")
+            batch = self._ahead.get()
         self.row += self.global_batch
         batch = batch.to(self.device, non_blocking=True)
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
-    def _next_prefetched(self) -> torch.Tensor:
-        if self._thread is None:
-            self._start(self.row)
-        assert self._queue is not None
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _start(self, row: int) -> None:
-        self._stop.clear()
-        self._queue = queue.Queue(maxsize=self._prefetch)
-        self._thread = threading.Thread(
-            target=self._produce, args=(row, self._queue), name="shard-prefetch", daemon=True
-        )
-        self._thread.start()
-
-    def _produce(self, row: int, out: queue.Queue) -> None:
-        try:
-            while not self._stop.is_set():
-                batch = self._batch_at(row)
-                row += self.global_batch
-                while not self._stop.is_set():
-                    try:
-                        out.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # handed to the consumer, which raises it
-            out.put(err)
+    def _batches(self, row: int) -> Iterator[torch.Tensor]:
+        while True:
+            yield self._batch_at(row)
+            row += self.global_batch
 
     def _halt(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = self._queue = None
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     # --- position -------------------------------------------------------------------------------
 

@@ -79,6 +79,19 @@ def take_replaced() -> int:
 
 
 @dataclass(frozen=True)
+class Names:
+    """What the user calls the settings that choose a source, for messages: config keys in a
+    run, flags on a command line."""
+
+    source: str = "data.source"
+    include: str = "data.include"
+    column: str = "data.text_column"
+
+
+CONFIG_NAMES = Names()
+
+
+@dataclass(frozen=True)
 class FileRef:
     path: str
     kind: str  # text | jsonl | parquet
@@ -121,6 +134,7 @@ class Source:
     text_column: str = "text"
     builtin: str = ""  # "prose" or "code" for a built-in corpus
     _files: tuple[FileRef, ...] | None = None
+    names: Names = CONFIG_NAMES
 
     @property
     def files(self) -> tuple[FileRef, ...]:
@@ -160,7 +174,7 @@ class Source:
             elif f.kind == JSONL:
                 units.extend(_jsonl_units(f, self.text_column))
             else:
-                units.extend(_parquet_units(f, self.text_column))
+                units.extend(_parquet_units(f, self.text_column, self.names))
         return units
 
     @property
@@ -168,7 +182,9 @@ class Source:
         return sum(u.size for u in self.units)
 
 
-def resolve(source: Any, *, text_column: str = "text", include: str = "*.txt") -> Source:
+def resolve(
+    source: Any, *, text_column: str = "text", include: str = "*.txt", names: Names = CONFIG_NAMES
+) -> Source:
     """Resolve `data.source` (a string, or a DataConfig whose fields are used) to its files.
 
     Raises UsageError for a path that does not exist, a folder or glob with no matching files,
@@ -179,13 +195,13 @@ def resolve(source: Any, *, text_column: str = "text", include: str = "*.txt") -
         source = source.source
     spec = source.strip()
     if not spec:
-        raise UsageError("data.source is empty; name a corpus, e.g. 'builtin:prose' or a path")
+        raise UsageError(f"{names.source} is empty; name a corpus, e.g. 'builtin:prose' or a path")
     if spec.startswith("builtin:"):
-        name = builtin.check_name(spec.removeprefix("builtin:"))
+        name = builtin.check_name(spec.removeprefix("builtin:"), names.source)
         files = None
         if name == "code":
-            files = tuple(_ref(p) for p in builtin.stdlib_files())
-        return Source(spec, text_column, builtin=name, _files=files)
+            files = tuple(_ref(p, names) for p in builtin.stdlib_files())
+        return Source(spec, text_column, builtin=name, _files=files, names=names)
 
     path = Path(spec).expanduser()
     if path.is_file():
@@ -194,31 +210,32 @@ def resolve(source: Any, *, text_column: str = "text", include: str = "*.txt") -
         paths = sorted(p for p in path.rglob(include) if p.is_file())
         if not paths:
             raise UsageError(
-                f"data.source: folder {path} has no files matching {_include_hint(path, include)}"
+                f"{names.source}: folder {path} has no files matching "
+                + _include_hint(path, include, names.include)
             )
     elif any(c in spec for c in _GLOB_CHARS):
         paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not paths:
-            raise UsageError(f"data.source: the pattern {spec!r} matches no files")
+            raise UsageError(f"{names.source}: the pattern {spec!r} matches no files")
     else:
         raise UsageError(
-            f"data.source: {spec} does not exist; give a .txt, .jsonl or .parquet file, a folder, "
+            f"{names.source}: {spec} does not exist; give a .txt, .jsonl or .parquet file, a folder, "
             f"a glob such as 'shards/*.parquet', or one of "
             + ", ".join(f"builtin:{n}" for n in builtin.NAMES)
         )
-    files = tuple(_ref(p) for p in paths)
+    files = tuple(_ref(p, names) for p in paths)
     if not any(f.size for f in files):
         raise UsageError(
-            f"data.source: {spec} holds no text ({len(files)} empty file{'s' * (len(files) > 1)})"
+            f"{names.source}: {spec} holds no text ({len(files)} empty file{'s' * (len(files) > 1)})"
         )
-    return Source(spec, text_column, _files=files)
+    return Source(spec, text_column, _files=files, names=names)
 
 
-def _ref(path: Path) -> FileRef:
+def _ref(path: Path, names: Names) -> FileRef:
     name = path.name.lower()
     if name.endswith(COMPRESSED_SUFFIXES):
         raise UsageError(
-            f"data.source: {path} is compressed; decompress it first (text, .jsonl and parquet "
+            f"{names.source}: {path} is compressed; decompress it first (text, .jsonl and parquet "
             "are read as they are)"
         )
     kind = (
@@ -232,15 +249,13 @@ def _ref(path: Path) -> FileRef:
     return FileRef(str(path.resolve()), kind, st.st_size, st.st_mtime_ns)
 
 
-def _include_hint(folder: Path, include: str) -> str:
-    """data.include and what the folder does hold, so the fix is one edit away."""
+def _include_hint(folder: Path, include: str, name: str) -> str:
+    """The include glob and what the folder does hold, so the fix is one edit away."""
     suffixes = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix)
-    msg = f"data.include = {include!r}"
+    msg = f"{name} = {include!r}"
     if suffixes:
         held = ", ".join(f"{n} {s}" for s, n in suffixes.most_common(4))
-        msg += (
-            f" (it holds {held} files; e.g. set data.include = '*{suffixes.most_common(1)[0][0]}')"
-        )
+        msg += f" (it holds {held} files; e.g. set {name} = '*{suffixes.most_common(1)[0][0]}')"
     return msg
 
 
@@ -309,7 +324,7 @@ def _jsonl_units(f: FileRef, column: str) -> list[Unit]:
     return [Unit(JSONL, f.path, a, b, b - a, column=column) for a, b in itertools.pairwise(cuts)]
 
 
-def _open_parquet(path: str) -> Any:
+def _open_parquet(path: str, names: Names = CONFIG_NAMES) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -318,19 +333,19 @@ def _open_parquet(path: str) -> Any:
         return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except (pa.ArrowException, OSError) as err:
         raise UsageError(
-            f"data.source: {path} is not a readable parquet file ({err}); replace or remove it"
+            f"{names.source}: {path} is not a readable parquet file ({err}); replace or remove it"
         ) from None
 
 
-def _parquet_units(f: FileRef, column: str) -> list[Unit]:
+def _parquet_units(f: FileRef, column: str, names: Names) -> list[Unit]:
     import pyarrow as pa
 
-    pf = _open_parquet(f.path)
+    pf = _open_parquet(f.path, names)
     schema = pf.schema_arrow
     if column not in schema.names:
         raise UsageError(
-            f"data.source: {f.path} has no column {column!r} (columns: {', '.join(schema.names)}); "
-            "set data.text_column to the column that holds the text"
+            f"{names.source}: {f.path} has no column {column!r} (columns: "
+            f"{', '.join(schema.names)}); set {names.column} to the column that holds the text"
         )
     kind = schema.field(column).type
     texty = (
@@ -346,8 +361,8 @@ def _parquet_units(f: FileRef, column: str) -> list[Unit]:
     )
     if not any(test(kind) for test in texty):
         raise UsageError(
-            f"data.source: column {column!r} of {f.path} holds {kind}, not text; "
-            "set data.text_column to a string column"
+            f"{names.source}: column {column!r} of {f.path} holds {kind}, not text; "
+            f"set {names.column} to a string column"
         )
     md = pf.metadata
     leaf = next((j for j in range(md.num_columns) if md.schema.column(j).path == column), None)

@@ -13,8 +13,6 @@ ahead, and `load_state_dict()` continues with the very next batch.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.data import sources, split, tokens
+from engine.data.prefetch import Prefetch
 from engine.errors import UsageError
 from engine.tokenizer import Tokenizer
 
@@ -54,9 +53,7 @@ class StreamingLoader:
         self._fixed: list[torch.Tensor] | None = None
         self._fixed_at = 0
         self._state = {"epoch": 0, "unit": 0, "piece": 0, "carry": []}
-        self._thread: threading.Thread | None = None
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
+        self._ahead: Prefetch[tuple[torch.Tensor, dict[str, Any]]] | None = None
 
     # --- what this rank reads -------------------------------------------------------------------
 
@@ -122,14 +119,13 @@ class StreamingLoader:
         if self._max_batches:
             batch = self._next_fixed()
         else:
-            if self._thread is None:
-                self._start()
-            assert self._queue is not None
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._thread = None
-                raise item
-            batch, self._state = item
+            if self._ahead is None:
+                self._ahead = Prefetch(self._batches(self._state), self._prefetch, "stream")
+            try:
+                batch, self._state = self._ahead.get()
+            except BaseException:
+                self._ahead = None
+                raise
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         batch = batch.to(self.device, non_blocking=True)
@@ -144,34 +140,10 @@ class StreamingLoader:
         self._fixed_at += 1
         return batch
 
-    def _start(self) -> None:
-        self._stop.clear()
-        self._queue = queue.Queue(maxsize=self._prefetch)
-        self._thread = threading.Thread(
-            target=self._produce, args=(dict(self._state), self._queue), daemon=True,
-            name="stream-tokenize",
-        )  # fmt: skip
-        self._thread.start()
-
-    def _produce(self, state: dict[str, Any], out: queue.Queue) -> None:
-        try:
-            for item in self._batches(state):
-                while not self._stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as err:  # handed to the consumer, which raises it
-            out.put(err)
-
     def _halt(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = self._queue = None
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     # --- position -------------------------------------------------------------------------------
 
