@@ -238,3 +238,20 @@ def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):
         proc.kill()
         studio.close()
     assert proc.returncode == 0, out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_nccl_ddp_and_fsdp_train_in_bf16_and_resume_on_one_gpu(two):
+    """The GPU path: NCCL, a GPU per LOCAL_RANK, bf16 autocast, FSDP's bf16 mixed precision."""
+    cfg, path, _ = two
+    gpu = ["--train.device=cuda", "--train.dtype=bfloat16"]
+    run_two(path, "--name=nccl-ddp", *gpu)
+    run_two(path, "--name=nccl-fsdp", "--train.parallel=fsdp", *gpu)
+    ddp, fsdp = losses(cfg, "nccl-ddp"), losses(cfg, "nccl-fsdp")
+    assert len(ddp) == len(fsdp) == STEPS
+    assert fsdp == pytest.approx(ddp, abs=0.05)  # bf16 weights under FSDP, fp32 under DDP
+    single = one_process(cfg, "nccl-resumed")
+    single.train.device, single.train.dtype = "cuda", "bfloat16"
+    saved = Path(cfg.out_dir) / "nccl-fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
+    assert train(single, resume=str(saved), quiet=True).step == STEPS
