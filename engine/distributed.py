@@ -44,10 +44,9 @@ class Group:
     need no GPU, and waiting on the CPU never stalls a CUDA stream nor trips NCCL's watchdog.
     """
 
-    runtime: Runtime
+    runtime: Runtime  # on CUDA, the GPU of this process's LOCAL_RANK
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     control: Any = None
 
     @property
@@ -131,7 +130,7 @@ def start(runtime: Runtime) -> Iterator[Group]:
         else:
             dist.init_process_group("gloo")
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
-    group = Group(runtime, rank, world_size, local_rank, control)
+    group = Group(runtime, rank, world_size, control)
     try:
         yield group
     except BaseException as err:
@@ -140,8 +139,7 @@ def start(runtime: Runtime) -> Iterator[Group]:
         if isinstance(err, UsageError):
             raise UsageError(f"rank {rank} of {world_size}: {err}") from None
         raise
-    if owned:
-        dist.destroy_process_group()
+    dist.destroy_process_group(None if owned else control)  # None: every group, WORLD too
 
 
 def _local_runtime(runtime: Runtime, local_rank: int, world_size: int) -> Runtime:
