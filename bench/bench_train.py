@@ -102,8 +102,12 @@ def main() -> None:
         prepared = data.prepare(cfg)
         plain, eng = [], []
         for r in range(args.rounds):
-            plain.append(plain_loop(cfg, prepared, args.steps))
+            # alternate which goes first, so neither always runs on a warmer machine
+            if r % 2 == 0:
+                plain.append(plain_loop(cfg, prepared, args.steps))
             eng.append(engine_loop(cfg, args.steps, Path(tmp) / f"runs{r}"))
+            if r % 2 == 1:
+                plain.append(plain_loop(cfg, prepared, args.steps))
             print(f"round {r + 1}: plain {plain[-1]:,.0f} tok/s, engine.train {eng[-1]:,.0f} tok/s")
     ratio = statistics.median(eng) / statistics.median(plain)
     print(f"median: plain {statistics.median(plain):,.0f} tok/s, "

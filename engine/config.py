@@ -104,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per GPU) | fsdp (sharded)
     batch_size: int = 12
     grad_accum: int = 1
     max_steps: int = 2000
@@ -171,6 +172,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
+    "train.parallel": ("ddp", "fsdp"),
 }
 POSITIVE = {
     "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
@@ -481,25 +483,52 @@ def resolve_model(cfg: Config, tokenizer_vocab: int) -> ModelConfig:
     return dataclasses.replace(cfg.model, vocab_size=vocab_size(cfg, tokenizer_vocab))
 
 
+def param_shapes(model: ModelConfig, vocab: int) -> dict[str, tuple[int, ...]]:
+    """Every parameter tensor, by the name engine.model gives it and in its order, with its shape.
+
+    A tied output matrix is the token table, so it is listed once, as `named_parameters` lists it.
+    Sizes, FSDP's shards and AdamW's per-tensor state all follow from this one list.
+    """
+    d, hd, h = model.n_embd, model.head_dim, model.hidden_dim
+    q_out, kv_out = model.n_head * hd, model.kv_heads * hd
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (vocab, d)}
+    if model.pos == "learned":
+        shapes["wpe.weight"] = (model.block_size, d)
+
+    def norm(name: str) -> None:
+        shapes[f"{name}.weight"] = (d,)
+        if model.norm == "layernorm" and model.bias:
+            shapes[f"{name}.bias"] = (d,)
+
+    def linear(name: str, n_in: int, n_out: int) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if model.bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    for i in range(model.n_layer):
+        block = f"blocks.{i}"
+        norm(f"{block}.norm1")
+        linear(f"{block}.attn.qkv", d, q_out + 2 * kv_out)
+        linear(f"{block}.attn.proj", q_out, d)
+        norm(f"{block}.norm2")
+        for name in ("gate", "up") if model.mlp == "swiglu" else ("fc",):
+            linear(f"{block}.mlp.{name}", d, h)
+        linear(f"{block}.mlp.proj", h, d)
+    norm("norm_f")
+    if not model.tie_embeddings:
+        shapes["lm_head.weight"] = (vocab, d)
+    return shapes
+
+
+PARTS = {"wte": "token_embedding", "wpe": "position_embedding", "blocks": "blocks",
+         "norm_f": "final_norm", "lm_head": "lm_head"}  # fmt: skip
+
+
 def param_count(model: ModelConfig, vocab: int) -> dict[str, int]:
     """Parameters by part, counted exactly as engine.model builds them."""
-    d, L, hd = model.n_embd, model.n_layer, model.head_dim
-    b = 1 if model.bias else 0
-    norm = d * (2 if model.norm == "layernorm" and model.bias else 1)
-    q_out, kv_out = model.n_head * hd, model.kv_heads * hd
-    attn = d * (q_out + 2 * kv_out) + b * (q_out + 2 * kv_out) + q_out * d + b * d
-    h = model.hidden_dim
-    if model.mlp == "swiglu":
-        mlp = 2 * d * h + 2 * b * h + h * d + b * d
-    else:
-        mlp = d * h + b * h + h * d + b * d
-    counts = {
-        "token_embedding": vocab * d,
-        "position_embedding": model.block_size * d if model.pos == "learned" else 0,
-        "blocks": L * (2 * norm + attn + mlp),
-        "final_norm": norm,
-        "lm_head": 0 if model.tie_embeddings else vocab * d,
-    }
+    counts = dict.fromkeys(PARTS.values(), 0)
+    for name, shape in param_shapes(model, vocab).items():
+        counts[PARTS[name.split(".")[0]]] += math.prod(shape)
     counts["total"] = sum(counts.values())
     return counts
 
@@ -518,40 +547,128 @@ def flops_per_token(model: ModelConfig, vocab: int, seq_len: int | None = None) 
     return 6 * n + 12 * model.n_layer * t * model.n_embd
 
 
-def memory_estimate(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, float]:
+def memory_estimate(
+    cfg: Config,
+    tokenizer_vocab: int | None = None,
+    world_size: int = 1,
+    parallel: str | None = None,
+) -> dict[str, float]:
     """Training memory in bytes on one device, by part, for a first answer to "will it fit".
 
-    Weights, gradients and AdamW's two moments are fp32 (4 bytes each, 16 per parameter).
-    Activations are the tensors autograd keeps per micro-batch; their size follows the
-    layer-by-layer accounting of Korthikanti et al. (2022) with flash attention, so no T×T
-    scores are kept.
+    Weights, gradients and AdamW's two moments are fp32 (4 bytes each, 16 per parameter), and
+    AdamW keeps a 4-byte step count per tensor. With `world_size` processes, DDP (the default
+    `parallel`: `cfg.train.parallel`) keeps all of that on every GPU; FSDP keeps a 1/world_size
+    piece of each tensor (cut along its first dimension into equal, padded pieces, as
+    `fully_shard` does), plus the weights it gathers while computing: the root's (embeddings,
+    final norm, output) and two blocks' (the one computing and the next, fetched ahead) in the
+    compute dtype, and one unit's gathered fp32 gradients before they are reduce-scattered.
+    Activations depend only on the micro-batch, so they are the same either way.
     """
     m, t = cfg.model, cfg.train
     vocab = vocab_size(cfg, tokenizer_vocab)
-    n = param_count(m, vocab)["total"]
-    half = t.dtype in ("bfloat16", "float16") or (t.dtype == "auto" and t.device != "cpu")
-    act_bytes = 2 if half else 4
-    tokens = t.batch_size * m.block_size
-    d, h = m.n_embd, m.hidden_dim
-    kv = m.kv_heads * m.head_dim
-    drop = 1 if m.dropout > 0 else 0
-    # per token and layer: two norm inputs, q, k, v, attention output, MLP input and hidden
-    # activations (two for GELU: before and after, four for SwiGLU: gate, up, act, product)
-    per_layer = 2 * d + d + 2 * kv + d + d + (4 * h if m.mlp == "swiglu" else 2 * h)
-    per_layer += drop * (2 * d + h) / act_bytes  # byte masks
-    if m.activation_checkpointing:
-        blocks = tokens * (m.n_layer * d + per_layer) * act_bytes
+    shapes = param_shapes(m, vocab)
+    n = sum(math.prod(s) for s in shapes.values())
+    steps = 4.0 * len(shapes)  # AdamW's step count: one float32 scalar per tensor, never sharded
+    half = _half_precision(t)
+    if world_size > 1 and (parallel or t.parallel) == "fsdp":
+        local = sum(-(-s[0] // world_size) * math.prod(s[1:]) for s in shapes.values())
+        block = sum(math.prod(s) for k, s in shapes.items() if k.startswith("blocks.0."))
+        root = n - m.n_layer * block
+        out = {
+            "params": 4.0 * local + (root + 2 * block) * (2 if half else 4),
+            "grads": 4.0 * local + 4.0 * max(root, block),
+            "optimizer": 8.0 * local + steps,
+        }
     else:
-        blocks = tokens * m.n_layer * per_layer * act_bytes
-    logits = tokens * vocab * (act_bytes + 4 + 4)  # logits, fp32 copy for the loss, its grad
-    out = {
-        "params": 4.0 * n,
-        "grads": 4.0 * n,
-        "optimizer": 8.0 * n,
-        "activations": float(blocks + tokens * d * act_bytes * 2 + logits),
-    }
+        out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": 8.0 * n + steps}
+    out["activations"] = activation_bytes(m, vocab, t.batch_size, half)
     out["total"] = sum(out.values())
     return out
+
+
+def _half_precision(t: TrainConfig) -> bool:
+    """Whether activations are bf16/fp16: asked for, or what `auto` picks on a GPU."""
+    return t.dtype in ("bfloat16", "float16") or (t.dtype == "auto" and t.device != "cpu")
+
+
+def activation_bytes(model: ModelConfig, vocab: int, batch_size: int, half: bool) -> float:
+    """What one micro-batch's forward leaves for backward, at its peak, in bytes.
+
+    Counted tensor by tensor as engine.model's autograd graph saves them (Korthikanti et al.
+    2022, with flash attention: no T×T scores, only a log-sum-exp per head): per token and
+    layer, the two norm inputs (the fp32 residual stream, also under autocast), the inputs of
+    the four matrix multiplies, q, k and v (and their rotated copies with RoPE), the attention
+    output, and the MLP's hidden activations (before and after GELU; gate, up, SiLU and product
+    for SwiGLU). RMSNorm also keeps its normalised input. At the loss, the fp32 log-softmax is
+    kept, and backward briefly holds two fp32 gradients of the same size beside it: for a
+    vocabulary much wider than the model, that moment is the peak, so it is counted.
+    """
+    m = model
+    a = 2 if half else 4
+    tokens = batch_size * m.block_size
+    d, h = m.n_embd, m.hidden_dim
+    kv = m.kv_heads * m.head_dim
+    rope = m.pos == "rope"
+    residual = 2 * d * 4 + (2 * d * a if m.norm == "rmsnorm" else 0)  # norm inputs (+ x·rstd)
+    attention = (d + (d + 2 * kv) + (d + kv if rope else 0) + 2 * d) * a + m.n_head * 4
+    mlp = (d + (4 * h if m.mlp == "swiglu" else 2 * h)) * a
+    per_layer = residual + attention + mlp
+    if m.dropout > 0:
+        per_layer += 2 * d  # one-byte masks after attention and after the MLP
+    # with activation checkpointing each block keeps only its input, and one is rebuilt at a time
+    kept = m.n_layer * d * 4 + per_layer if m.activation_checkpointing else m.n_layer * per_layer
+    ends = d * 4 + d * a + 16  # final norm input, output projection input, int64 ids and targets
+    return float(tokens * (kept + ends) + tokens * vocab * 12)
+
+
+USABLE_FRACTION = 0.9  # of a GPU's memory: the CUDA context, NCCL and fragmentation take the rest
+MAX_MICRO_BATCH = 1 << 20
+
+
+def plan(
+    cfg: Config, gpus: int, gpu_memory_gb: float = 80.0, tokenizer_vocab: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per-GPU memory of a run on `gpus` GPUs of `gpu_memory_gb` GiB, under DDP and under FSDP:
+    the parts, whether the total fits, and the largest micro-batch (train.batch_size) that does.
+
+    Shared by `python -m engine.plan` and the studio, so both give the same answer.
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise UsageError(f"--gpus {gpus}: must be a whole number of GPUs, 1 or more")
+    if not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
+        raise UsageError(f"--gpu-memory-gb {gpu_memory_gb:g}: must be a number of GiB above 0")
+    budget = gpu_memory_gb * 2**30 * USABLE_FRACTION
+    out = {}
+    for parallel in CHOICES["train.parallel"]:
+        memory = memory_estimate(cfg, tokenizer_vocab, gpus, parallel)
+        out[parallel] = {
+            "memory": memory,
+            "fits": memory["total"] <= budget,
+            "max_batch_size": _largest_batch(cfg, tokenizer_vocab, gpus, parallel, budget),
+        }
+    return out
+
+
+def _largest_batch(
+    cfg: Config, tokenizer_vocab: int | None, gpus: int, parallel: str, budget: float
+) -> int:
+    """The largest train.batch_size whose estimate fits `budget` (0: not even one sequence)."""
+
+    def fits(batch: int) -> bool:
+        trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
+        return memory_estimate(trial, tokenizer_vocab, gpus, parallel)["total"] <= budget
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high < MAX_MICRO_BATCH and fits(high):
+        low, high = high, high * 2
+    if fits(high):
+        return high
+    while high - low > 1:  # fits(low) and not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def summary(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The loop reads as a page — build, resume, then step, log, evaluate, sample, save — and calls the
 components that own each concern: engine.data for batches, engine.schedule for the learning
-rate, engine.checkpoint for state on disk, engine.metrics for where events go.
+rate, engine.checkpoint for state on disk, engine.metrics for where events go, and
+engine.distributed for running as one of several processes under torchrun.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, metrics, remote
+from engine import checkpoint, config, data, device, distributed, metrics, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
@@ -37,7 +38,8 @@ class State:
 
     step: int = 0
     tokens: int = 0
-    stop: str = ""  # why the loop should end early: "signal" or "stopped"
+    stop: str = ""  # why the loop should end early: "signal" or "stopped", as all ranks agreed
+    signalled: bool = False  # SIGINT/SIGTERM seen here: a request, until the ranks agree on it
     paused: bool = False
     losses: list[float] = field(default_factory=list)
 
@@ -48,9 +50,11 @@ class Run:
 
     cfg: Config
     runtime: device.Runtime
+    group: distributed.Group
     tokenizer: Tokenizer
-    model: GPT
-    step_fn: Any  # the model, or its torch.compile'd form
+    model: GPT  # unwrapped under DDP, sharded in place under FSDP
+    parallel: distributed.Parallel
+    step_fn: Any  # parallel.module, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     train_loader: Any
@@ -59,23 +63,46 @@ class Run:
     reporter: metrics.Reporter
     link: remote.StudioLink | None
     state: State
+    studio: bool = False  # whether rank 0's studio is still connected, as all ranks agreed
     last_norm: torch.Tensor | float = 0.0  # gradient norm of the latest step, before clipping
 
     def save(self, val_loss: float | None = None) -> None:
+        """Every rank takes part: the weights and optimizer state as one process would hold
+        them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes."""
         s = self.state
-        payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "loader": self.train_loader.state_dict(),
-            "rng": rng_state(), "step": s.step, "tokens": s.tokens,
-            "config": config.to_dict(self.cfg), "tokenizer": self.tokenizer.spec(),
-        }  # fmt: skip
-        path, best = self.saver.save(payload, s.step, val_loss)
-        self.reporter.emit(p.Checkpoint(step=s.step, path=str(path), best=best, val_loss=val_loss))
+        model_state, optimizer_state = self.parallel.full_state(self.optimizer)
+        ranks = self.group.gather(
+            {"loader": self.train_loader.state_dict(), "rng": rng_state(self.runtime.device)}
+        )
+        if self.group.is_main:
+            payload = {
+                "model": model_state, "optimizer": optimizer_state,
+                "scaler": self.scaler.state_dict(), "loader": ranks[0]["loader"],
+                "rng": ranks[0]["rng"], "step": s.step, "tokens": s.tokens,
+                "config": config.to_dict(self.cfg), "tokenizer": self.tokenizer.spec(),
+                "world_size": self.group.world_size,
+            }  # fmt: skip
+            if self.group.world_size > 1:
+                payload["ranks"] = ranks
+            path, best = self.saver.save(payload, s.step, val_loss)
+            self.reporter.emit(
+                p.Checkpoint(step=s.step, path=str(path), best=best, val_loss=val_loss)
+            )
+        self.group.wait_for_main()
 
-    def sample(self, prompt: str, max_tokens: int, request_id: str = "", **settings: Any) -> None:
-        with self.runtime.autocast:
-            text = generate(self.model, self.tokenizer, prompt, max_tokens, **settings)
-        self.reporter.emit(p.Sample(step=self.state.step, prompt=prompt, text=text, id=request_id))
+    def sample(
+        self, prompts: list[str], max_tokens: int, request_id: str = "", **settings: Any
+    ) -> None:
+        """Rank 0 writes a sample per prompt; under FSDP every rank helps gather the model."""
+        model = self.parallel.sampling_model()
+        if model is None:
+            return
+        for prompt in prompts:
+            with self.runtime.autocast:
+                text = generate(model, self.tokenizer, prompt, max_tokens, **settings)
+            self.reporter.emit(
+                p.Sample(step=self.state.step, prompt=prompt, text=text, id=request_id)
+            )
 
     def close(self) -> None:
         self.reporter.close()
@@ -99,33 +126,39 @@ def train(
     schedule still runs to `train.max_steps`, so a later `--resume` continues the same run.
     `report_to` is the studio's address: events go there too, and its commands are obeyed.
     """
-    link = remote.connect(report_to) if report_to else None
-    if console is None and not quiet:
-        console = metrics.console_for()
-    early = metrics.Reporter([s for s in (console, link) if s is not None])
-    try:
-        run = build(cfg, resume, early, link)
-    except BaseException as err:
-        if link is not None:  # the console hears it from the command line's error line
-            link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
-        early.close()
-        raise
-    try:
-        loop(run, until)
-    finally:
-        run.close()
+    metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
+    with distributed.start(device.pick(cfg.train.device, cfg.train.dtype)) as group:
+        main = group.is_main  # only rank 0 talks to the studio and the console
+        link = remote.connect(report_to) if report_to and main else None
+        if console is None and not quiet and main:
+            console = metrics.console_for()
+        early = metrics.Reporter([s for s in (console, link) if s is not None and main])
+        try:
+            run = build(cfg, resume, early, link, group)
+        except BaseException as err:
+            if link is not None:  # the console hears it from the command line's error line
+                link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
+            early.close()
+            raise
+        try:
+            loop(run, until)
+        finally:
+            run.close()
     return run.state
 
 
 def build(
-    cfg: Config, resume: str | None, early: metrics.Reporter, link: remote.StudioLink | None
+    cfg: Config,
+    resume: str | None,
+    early: metrics.Reporter,
+    link: remote.StudioLink | None,
+    group: distributed.Group,
 ) -> Run:
     """Data, tokenizer, model, optimizer and loaders, restored from a checkpoint if resuming."""
     run_dir = cfg.run_dir
-    if resume is None:
+    if resume is None and group.is_main:
         _refuse_to_overwrite(run_dir)
-    metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
-    runtime = device.pick(cfg.train.device, cfg.train.dtype)
+    runtime = group.runtime
     device.configure_cuda()
     seed_everything(cfg.train.seed)
 
@@ -133,12 +166,7 @@ def build(
     base = checkpoint.load(checkpoint.resolve(cfg.train.init_from)) if cfg.train.init_from else None
     source = restored or base
     tokenizer = from_spec(source["tokenizer"]) if source else None
-    prepared = None
-    if not cfg.data.streaming:
-        prepared = data.prepare(cfg, tokenizer=tokenizer, emit=early.emit)
-        tokenizer = prepared.tokenizer
-    elif tokenizer is None:
-        tokenizer = data.build_tokenizer_for(cfg, log=lambda text: early.emit(p.Log(text)))
+    prepared, tokenizer = _prepare_data(cfg, tokenizer, early, group)
     if source:  # a checkpoint fixes the architecture; say so if the config disagrees
         model_cfg = config.ModelConfig(**source["config"]["model"])
         _check_same_model(cfg, model_cfg)
@@ -147,51 +175,105 @@ def build(
     cfg.model = model_cfg
     _check_prompts(cfg, tokenizer)
 
-    model = GPT(model_cfg).to(runtime.device)
+    model = GPT(model_cfg)  # on the CPU, the same on every rank; Parallel places it
     if source:
         model.load_state_dict(source["model"])
     t = cfg.train
+    group.seed(t.seed)
+    parallel = distributed.Parallel(model, group, t.parallel)
     optimizer = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
-    train_loader, val_loader = data.make_loaders(cfg, prepared, tokenizer, runtime.device)
+    train_loader, val_loader = data.make_loaders(
+        cfg, prepared, tokenizer, runtime.device, group.rank, group.world_size
+    )
     state = State()
     if restored:
-        optimizer.load_state_dict(restored["optimizer"])
+        parallel.load_optimizer(optimizer, restored["optimizer"])
         scaler.load_state_dict(restored["scaler"])
-        train_loader.load_state_dict(restored["loader"])
-        set_rng_state(restored["rng"])
+        loader_state, rng = _rank_state(restored, group)
+        train_loader.load_state_dict(loader_state)
+        if rng is not None:
+            set_rng_state(rng, runtime.device)
         state.step, state.tokens = restored["step"], restored["tokens"]
     del source, restored, base
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, run_dir / "config.toml", overwrite=True)
-    reporter = metrics.open_sinks(cfg, early.sinks)
+    reporter = metrics.Reporter([])  # the other ranks report nothing
+    if group.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, run_dir / "config.toml", overwrite=True)
+        reporter = metrics.open_sinks(cfg, early.sinks)
     saver = checkpoint.CheckpointManager(
         run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
     )
-    step_fn = torch.compile(model) if t.compile else model
+    step_fn = torch.compile(parallel.module) if t.compile else parallel.module
     return Run(
-        cfg, runtime, tokenizer, model, step_fn, optimizer, scaler, train_loader, val_loader,
-        saver, reporter, link, state,
+        cfg, runtime, group, tokenizer, model, parallel, step_fn, optimizer, scaler,
+        train_loader, val_loader, saver, reporter, link, state, studio=link is not None,
     )  # fmt: skip
+
+
+def _prepare_data(
+    cfg: Config, tokenizer: Tokenizer | None, early: metrics.Reporter, group: distributed.Group
+) -> tuple[data.Prepared | None, Tokenizer]:
+    """The prepared dataset (None when streaming) and its tokenizer.
+
+    Rank 0 prepares first — or, streaming, builds the tokenizer — while the others wait for its
+    tokenizer, so a trained tokenizer is the same on every rank; they then open the same
+    prepared data from the cache (on another node without a shared cache, they prepare the same
+    bytes again).
+    """
+    if not group.is_main:
+        tokenizer = from_spec(group.broadcast())
+    prepared = None
+    if not cfg.data.streaming:
+        prepared = data.prepare(cfg, tokenizer=tokenizer, emit=early.emit)
+        tokenizer = prepared.tokenizer
+    elif tokenizer is None:
+        tokenizer = data.build_tokenizer_for(cfg, log=lambda text: early.emit(p.Log(text)))
+    if group.is_main:
+        group.broadcast(tokenizer.spec())
+    return prepared, tokenizer
+
+
+def _rank_state(
+    restored: dict[str, Any], group: distributed.Group
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """This rank's data position and RNG state from a checkpoint of any number of processes.
+
+    A prepared-shards position is one global row, the same on every rank, so it fits any
+    number; a streaming one belongs to its rank, and its loader refuses a different number.
+    A rank the checkpoint did not have keeps its fresh seed.
+    """
+    ranks = restored.get("ranks") or [{"loader": restored["loader"], "rng": restored["rng"]}]
+    loader_state = ranks[group.rank if len(ranks) == group.world_size else 0]["loader"]
+    rng = ranks[group.rank]["rng"] if group.rank < len(ranks) else None
+    return loader_state, rng
 
 
 def loop(run: Run, until: int | None = None) -> None:
     """Step, log, evaluate, sample, save — and between steps, obey the studio — to the end."""
     cfg, t, state, reporter = run.cfg, run.cfg.train, run.state, run.reporter
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
+    world = run.group.world_size
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size * world  # all ranks
     flops_per_step = run.model.flops_per_token() * tokens_per_step
-    peak = run.runtime.peak_flops
+    peak = run.runtime.peak_flops * world if run.runtime.peak_flops else None
     reporter.emit(p.Start(
         run=cfg.name, config=config.to_dict(cfg), params=run.model.num_params(),
         device=str(run.runtime.device), dtype=str(run.runtime.dtype).removeprefix("torch."),
-        max_steps=t.max_steps, tokens_per_step=tokens_per_step, resumed_from=state.step,
+        max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
+        resumed_from=state.step,
     ))  # fmt: skip
+    if world > 1:
+        reporter.emit(p.Log(
+            f"global batch: {t.batch_size} sequences x {t.grad_accum} micro-batches x {world} "
+            f"processes = {t.batch_size * t.grad_accum * world} sequences, {tokens_per_step:,} "
+            f"tokens per step ({run.parallel.kind}, {cfg.model.block_size} tokens each)"
+        ))  # fmt: skip
     started = time.perf_counter()
     window_start, window_steps = time.perf_counter(), 0
     loss_sum = torch.zeros((), device=run.runtime.device)
     try:
-        with _stop_on_signals(state):
+        with _stop_on_signals(state, at_once=world == 1):
             while state.step < t.max_steps and not state.stop:
                 lr = lr_at(state.step, t)
                 loss_sum += train_step(run, lr)
@@ -201,12 +283,12 @@ def loop(run: Run, until: int | None = None) -> None:
                 if until is not None and state.step >= until and not state.stop:
                     state.stop = "stopped"
                 extras_start = time.perf_counter()
-                if run.link is not None:
-                    obey(run, run.link.poll())  # may pause here, or ask to stop or save
+                obey(run, agree(run))  # may pause here, or stop or save, on every rank at once
                 last = state.step == t.max_steps or bool(state.stop)
 
                 if state.step % cfg.log.interval == 0 or last:
-                    mean_loss = loss_sum.item() / window_steps  # the one sync per interval
+                    # the one sync per interval; the mean over all ranks' micro-batches
+                    mean_loss = run.group.mean(loss_sum).item() / window_steps
                     if not math.isfinite(mean_loss):
                         raise Diverged(state.step, mean_loss)
                     state.losses.append(mean_loss)
@@ -224,9 +306,8 @@ def loop(run: Run, until: int | None = None) -> None:
                 if run.val_loader is not None and (state.step % t.eval_interval == 0 or last):
                     val_loss = evaluate(run.model, run.val_loader, t.eval_steps, run.runtime)
                     reporter.emit(p.Eval(step=state.step, val_loss=val_loss, ppl=_ppl(val_loss)))
-                if state.step % t.sample_interval == 0 or last:
-                    for prompt in t.sample_prompts:
-                        run.sample(prompt, t.sample_tokens, seed=t.seed + state.step)
+                if (state.step % t.sample_interval == 0 or last) and t.sample_prompts:
+                    run.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + state.step)
                 if state.step % cfg.checkpoint.interval == 0 or last:
                     run.save(val_loss)
                 window_start += time.perf_counter() - extras_start  # not step time
@@ -246,11 +327,12 @@ def train_step(run: Run, lr: float) -> torch.Tensor:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=run.runtime.device)
-    for _ in range(t.grad_accum):
+    for micro in range(t.grad_accum):
         x, y = run.train_loader.next()
-        with run.runtime.autocast:
-            _, loss = run.step_fn(x, y)
-        run.scaler.scale(loss / t.grad_accum).backward()
+        with run.parallel.gradient_sync(last=micro == t.grad_accum - 1):
+            with run.runtime.autocast:
+                _, loss = run.step_fn(x, y)
+            run.scaler.scale(loss / t.grad_accum).backward()
         loss_sum += loss.detach() / t.grad_accum
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(
@@ -259,24 +341,41 @@ def train_step(run: Run, lr: float) -> torch.Tensor:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.last_norm = norm
+    run.last_norm = distributed.local(norm)
     return loss_sum
 
 
+def agree(run: Run, wait: float = 0.0) -> list[p.Command]:
+    """The studio's latest commands (waiting up to `wait` seconds for one), and a stop any rank
+    has seen, made the same on every rank: only rank 0 hears the studio, and a signal may reach
+    the ranks at different steps."""
+    commands: list[p.Command] = []
+    link = run.link
+    if link is not None:
+        if wait:
+            command = link.wait(wait)
+            commands = [command] if command is not None else []
+        else:
+            commands = link.poll()
+    connected = link is not None and link.connected
+    state = run.state
+    asked = "signal" if state.signalled else state.stop
+    commands, state.stop, run.studio = run.group.share(commands, asked, connected)
+    return commands
+
+
 def obey(run: Run, commands: list[p.Command]) -> None:
-    """Carry out the studio's commands between two steps. A pause holds here, still obeying
-    stop, save and sample, until resumed, stopped or signalled."""
-    state, link = run.state, run.link
+    """Carry out the studio's commands between two steps, on every rank alike. A pause holds
+    here, still obeying stop, save and sample, until resumed, stopped or signalled."""
+    state = run.state
     pending = list(commands)
     while pending or state.paused:
         if not pending:
-            if state.stop or link is None or not link.connected:
+            if state.stop or not run.studio:
                 state.paused = False  # a signal, or no studio left to resume us
                 break
-            command = link.wait(0.2)
-            if command is None:
-                continue
-            pending.append(command)
+            pending = agree(run, wait=0.2)
+            continue
         command = pending.pop(0)
         if isinstance(command, p.Pause) and not state.paused:
             state.paused = True
@@ -295,7 +394,7 @@ def obey(run: Run, commands: list[p.Command]) -> None:
 def _answer_sample(run: Run, request: p.SampleRequest) -> None:
     try:
         run.sample(
-            request.prompt, request.max_tokens, request.id, temperature=request.temperature,
+            [request.prompt], request.max_tokens, request.id, temperature=request.temperature,
             top_k=request.top_k, seed=None,
         )  # fmt: skip
     except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
@@ -336,8 +435,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG a step touches, as plain values a weights_only load accepts."""
+def rng_state(where: torch.device) -> dict[str, Any]:
+    """Every RNG a step touches, as plain values a weights_only load accepts.
+
+    Only the training GPU's CUDA generator: reading every visible GPU's would open a CUDA
+    context on each of them from every process of a multi-GPU job.
+    """
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -345,30 +448,34 @@ def rng_state() -> dict[str, Any]:
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if where.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(where)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], where: torch.device) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state["cuda"], list):  # every GPU's, as checkpoints once held them
+            torch.cuda.set_rng_state_all(state["cuda"])
+        elif where.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], where)
 
 
 @contextmanager
-def _stop_on_signals(state: State):
+def _stop_on_signals(state: State, at_once: bool = True):
     """SIGINT/SIGTERM finish the current step, then save and exit cleanly; a second SIGINT
-    stops at once."""
+    stops at once when `at_once` — not under torchrun, which passes the terminal's Ctrl-C on to
+    processes that already had it, and whose own SIGKILL after a grace period is the hard stop."""
 
     def handler(signum: int, frame: Any) -> None:
-        if state.stop and signum == signal.SIGINT:
+        if state.signalled and signum == signal.SIGINT and at_once:
             raise KeyboardInterrupt
-        state.stop = "signal"
+        state.signalled = True  # acted on after the current step, when `agree` sees it
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

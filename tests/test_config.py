@@ -231,3 +231,10 @@ def test_integer_overrides_are_range_checked_not_crashed(value):
         assert value <= 0 and "model.n_layer" in str(err)
     else:
         assert value > 0 and cfg.model.n_layer == value
+
+
+def test_train_parallel_is_ddp_or_fsdp():
+    assert config.load_preset("large").train.parallel == "ddp"
+    assert config.load_preset("large", ["--train.parallel=fsdp"]).train.parallel == "fsdp"
+    with pytest.raises(ConfigError, match=r"train.parallel = 'zero3' must be one of ddp, fsdp"):
+        config.load_preset("large", ["--train.parallel=zero3"])

@@ -1,0 +1,94 @@
+"""`python -m engine.plan CONFIG --gpus N [--gpu-memory-gb M]`: will it fit, and how to spread it.
+
+Prints, per GPU, the memory of the weights, gradients, AdamW state and activations under DDP and
+under FSDP, whether each fits, and the largest micro-batch that does. The arithmetic is
+`engine.config.plan`, which the studio's Config pane shares; like it, this never imports torch,
+so it answers in a moment on a laptop with no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine import config
+from engine.config import Config, human
+from engine.errors import cli_entry
+
+ROWS = {
+    "params": "parameters",
+    "grads": "gradients",
+    "optimizer": "optimizer state",
+    "activations": "activations",
+    "total": "total",
+}
+
+
+def describe(cfg: Config, gpus: int, gpu_memory_gb: float) -> str:
+    """The plan as aligned lines of text: a header, then one column per strategy."""
+    figures = config.plan(cfg, gpus, gpu_memory_gb)
+    t, s = cfg.train, config.summary(cfg)
+    sequences = t.batch_size * t.grad_accum * gpus
+    tokens = sequences * cfg.model.block_size
+    usable = gpu_memory_gb * config.USABLE_FRACTION
+    guess = (
+        " (a char vocabulary is a guess until the corpus is read)" if s["vocab_is_guess"] else ""
+    )
+    lines = [
+        f"{cfg.name}: {human(s['params'])} parameters{guess}, on {_count(gpus, 'GPU')} "
+        f"of {gpu_memory_gb:g} GiB ({usable:.3g} GiB usable each)",
+        f"global batch: {_count(t.batch_size, 'sequence')} x {_count(t.grad_accum, 'micro-batch')}"
+        f" x {_count(gpus, 'GPU')} = {sequences} sequences of {cfg.model.block_size} tokens, "
+        f"{human(tokens)} tokens per step",
+        "",
+    ]
+    kinds = list(figures)
+    width = max(len(label) for label in [*ROWS.values(), "largest micro-batch"]) + 2
+    lines.append(f"{'per GPU':<{width}}" + "".join(f"{k.upper():>12}" for k in kinds))
+    for key, label in ROWS.items():
+        cells = "".join(f"{human(figures[k]['memory'][key], 'B'):>12}" for k in kinds)
+        lines.append(f"{label:<{width}}{cells}")
+    lines.append(
+        f"{'fits':<{width}}"
+        + "".join(f"{'yes' if figures[k]['fits'] else 'no':>12}" for k in kinds)
+    )
+    lines.append(
+        f"{'largest micro-batch':<{width}}"
+        + "".join(f"{figures[k]['max_batch_size'] or 'none':>12}" for k in kinds)
+    )
+    if gpus == 1:
+        lines += ["", "one GPU: FSDP has nothing to shard across, so both columns agree"]
+    best = next((k for k in kinds if figures[k]["fits"]), None)
+    if best is None:
+        lines += ["", "neither fits: lower train.batch_size (raise train.grad_accum to keep the "
+                  "global batch), set model.activation_checkpointing = true, or add GPUs"]  # fmt: skip
+    elif gpus > 1 and not figures[t.parallel]["fits"]:
+        lines += ["", f"train.parallel = {t.parallel!r} does not fit; add --train.parallel={best}"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("es" if noun.endswith("h") else "s") * (n != 1)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.plan",
+        description="Per-GPU training memory under DDP and FSDP, whether it fits, and the "
+        "largest micro-batch that does. Any config key can be overridden as --section.key=value.",
+    )
+    parser.add_argument("config", help="a TOML config, e.g. presets/large.toml")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs in the whole job (default 1)")
+    parser.add_argument(
+        "--gpu-memory-gb", type=float, default=80.0, metavar="M",
+        help="memory of each GPU in GiB, as nvidia-smi counts it (default 80)",
+    )  # fmt: skip
+    args, overrides = parser.parse_known_args(argv)
+    cfg = config.load(args.config, overrides)
+    print(describe(cfg, args.gpus, args.gpu_memory_gb), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
