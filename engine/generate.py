@@ -129,10 +129,13 @@ def decode(
     """Yield each step's next token for every row, (B,), for `s.max_new_tokens` steps.
 
     Prompts (non-empty, at most block_size tokens; see `fit_prompt`) are left-padded into one
-    batch; padding is masked and each row's positions start at its first real token, so a row
-    decodes exactly as it would alone. Only the first `vocab_size` logits are sampled: the
-    model's padding rows are never chosen. A consumer may stop early by closing the iterator.
+    batch; padding is masked and each row's positions start at its first real token, so within
+    the context a row decodes exactly as it would alone (past it, the rows slide together).
+    Only the first `vocab_size` logits are sampled: the model's padding rows are never chosen.
+    A consumer may stop early by closing the iterator.
     """
+    # a torch.compile'd model would recompile for every new cache length; decode runs eagerly
+    model = getattr(model, "_orig_mod", model)
     block = model.cfg.block_size
     if not prompts or any(not 0 < len(p) <= block for p in prompts):
         raise ValueError(f"decode needs 1 to {block} tokens per prompt; use fit_prompt")
