@@ -183,6 +183,20 @@ def decode(
         model.train(was_training)
 
 
+def decoding_layout(model: GPT) -> GPT:
+    """Store every matrix transposed in memory, its shape and values unchanged.
+
+    A decode step multiplies one row per sequence by every matrix, and on a CPU its time is the
+    time to stream the weights: MKL streams a matrix kept as (in, out) about 1.4x faster than
+    nn.Linear's (out, in) (bench/bench_generate.py). Training prefers the usual order, so only
+    a model loaded for sampling is changed.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Text
 
@@ -517,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     state = checkpoint.load_weights(args.source)
     model = checkpoint.build_model(state, device)
+    if device.type == "cpu":
+        decoding_layout(model)
     tokenizer = from_spec(state["tokenizer"])
     if args.serve:
         session = chat.ChatSession(model, tokenizer)

@@ -371,3 +371,16 @@ def test_cli_refuses_a_checkpoint_that_is_not_ours(tmp_path, capsys):
     torch.save({"model": {}, "config": {"model": {}}}, missing_tokenizer)
     code, _, err = cli([missing_tokenizer, "--prompt", "x"], capsys)
     assert code == 2 and "tokenizer" in err
+
+
+def test_the_decoding_layout_keeps_shapes_and_outputs():
+    model = build(ROPE)
+    x = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    with torch.no_grad():
+        before = model(x)[0]
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    generate.decoding_layout(model)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # stored (in, out)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], before, rtol=1e-5, atol=1e-5)
