@@ -177,22 +177,31 @@ def load_weights(source: str | Path) -> dict[str, Any]:
         )
     state.setdefault("step", 0)
     state["source"] = str(path)
+    # a torch.compile'd model saves its weights under this prefix
+    state["model"] = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     return state
+
+
+def model_config(state: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a `load_weights` dict describes."""
+    try:
+        cfg = ModelConfig(**state["config"]["model"])
+    except TypeError as err:
+        source = state.get("source", "checkpoint")
+        raise UsageError(f"{source}: its model config does not fit this version ({err})") from None
+    if cfg.vocab_size <= 0:
+        raise UsageError(f"{state.get('source', 'checkpoint')}: its model config has no vocab_size")
+    return cfg
 
 
 def build_model(state: dict[str, Any], device: str | torch.device = "cpu") -> GPT:
     """The GPT a `load_weights` dict describes, weights loaded, in eval mode."""
-    source = state.get("source", "checkpoint")
+    model = GPT(model_config(state))
     try:
-        model = GPT(ModelConfig(**state["config"]["model"]))
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"{source}: its model config cannot build a model ({err})") from None
-    # a torch.compile'd model saves its weights under this prefix
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state["model"])
     except RuntimeError as err:
         lines = str(err).splitlines()
         first = lines[1].strip() if len(lines) > 1 else lines[0]
+        source = state.get("source", "checkpoint")
         raise UsageError(f"{source}: its weights do not fit its model config ({first})") from None
     return model.to(device).eval()

@@ -37,7 +37,7 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config
 
 
 def layout(cfg: ModelConfig) -> str:
-    """ "gpt2" or "llama": the Hugging Face format that computes exactly what this model does."""
+    """The Hugging Face format ("gpt2" or "llama") that computes exactly what this model does."""
     chosen = "gpt2" if cfg.pos == "learned" else "llama"
     other = "llama" if chosen == "gpt2" else "gpt2"
     name, wants = FORMATS[chosen]
@@ -238,7 +238,7 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"{out}: folder is not empty; choose another or pass --force")
     state = checkpoint.load_weights(source)
-    cfg = ModelConfig(**state["config"]["model"])
+    cfg = checkpoint.model_config(state)
     layout(cfg)  # refuse before writing anything
     tokenizer = tokenizer_from_spec(state["tokenizer"])
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -248,11 +248,10 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
         )
     token_json = tokenizer_json(tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    fmt = write_model(out, cfg, weights, tokenizer.vocab_size, tokenizer.eot_id)
+    fmt = write_model(out, cfg, state["model"], tokenizer.vocab_size, tokenizer.eot_id)
     (out / "tokenizer.json").write_text(token_json, encoding="utf-8")
-    config = tokenizer_config(cfg.block_size)
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config = json.dumps(tokenizer_config(cfg.block_size), indent=2)
+    (out / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
     return fmt
 
 

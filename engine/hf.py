@@ -19,6 +19,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.errors import UsageError
+from engine.model import GPT
 from engine.tokenizer import EOT, BPETokenizer
 
 LAYOUTS = ("gpt2", "llama")
@@ -289,8 +290,6 @@ def _read_file(f: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_shapes(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str) -> None:
-    from engine.model import GPT
-
     with torch.device("meta"):
         expected = GPT(cfg).state_dict()
     for name, tensor in expected.items():

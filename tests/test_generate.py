@@ -384,3 +384,15 @@ def test_the_decoding_layout_keeps_shapes_and_outputs():
     assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # stored (in, out)
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], before, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_uses_the_decoding_layout_only_for_a_single_row(run_dir, capsys, tmp_path, monkeypatch):
+    used = []
+    monkeypatch.setattr(generate, "decoding_layout", lambda model: used.append(model) or model)
+    cli([run_dir, "--prompt", "The cat", "--max-tokens", 2], capsys)
+    assert len(used) == 1
+    prompts = tmp_path / "two.txt"
+    prompts.write_text("The cat\nsat\n", encoding="utf-8")
+    cli([run_dir, "--prompts-file", prompts, "--max-tokens", 2], capsys)
+    cli([run_dir, "--prompt", "The cat", "--num-samples", 3, "--max-tokens", 2], capsys)
+    assert len(used) == 1
