@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from engine.config import ModelConfig
 from engine.errors import UsageError
 from engine.files import atomic_write, atomic_write_text, fsync_dir
+from engine.model import GPT
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 BEST = "best.pt"
@@ -121,3 +123,55 @@ def resolve(path: str | Path) -> Path:
             return found
         raise UsageError(f"{path}: no checkpoints in this run directory yet")
     raise UsageError(f"{path}: no such checkpoint file or run directory")
+
+
+def load_weights(source: str | Path) -> dict[str, Any]:
+    """Model weights, model config and tokenizer from anywhere a model can come from.
+
+    `hf:PATH` imports a Hugging Face directory (engine.hf); anything else is a checkpoint file
+    or a run directory (its best checkpoint, else its latest). The dict has at least "model",
+    "config" (with "model"), "tokenizer", "step" and "source", so sampling, export and
+    fine-tuning take every kind through one code path.
+    """
+    text = str(source)
+    if text.startswith("hf:"):
+        from engine import hf
+
+        return hf.load(text[3:])
+    path = resolve(source)
+    state = load(path)
+    model_cfg = state["config"].get("model") if isinstance(state["config"], dict) else None
+    if not isinstance(model_cfg, dict) or not isinstance(state.get("tokenizer"), dict):
+        raise UsageError(
+            f"{path}: not a gpt-studio checkpoint (needs a model config and a tokenizer spec)"
+        )
+    state.setdefault("step", 0)
+    state["source"] = str(path)
+    # a torch.compile'd model saves its weights under this prefix
+    state["model"] = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    return state
+
+
+def model_config(state: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a `load_weights` dict describes."""
+    try:
+        cfg = ModelConfig(**state["config"]["model"])
+    except TypeError as err:
+        source = state.get("source", "checkpoint")
+        raise UsageError(f"{source}: its model config does not fit this version ({err})") from None
+    if cfg.vocab_size <= 0:
+        raise UsageError(f"{state.get('source', 'checkpoint')}: its model config has no vocab_size")
+    return cfg
+
+
+def build_model(state: dict[str, Any], device: str | torch.device = "cpu") -> GPT:
+    """The GPT a `load_weights` dict describes, weights loaded, in eval mode."""
+    model = GPT(model_config(state))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else lines[0]
+        source = state.get("source", "checkpoint")
+        raise UsageError(f"{source}: its weights do not fit its model config ({first})") from None
+    return model.to(device).eval()

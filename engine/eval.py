@@ -17,7 +17,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,13 +40,6 @@ class Report:
     source: str
     split: str
     seconds: float
-
-
-def load_model(state: dict[str, Any], where: torch.device) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer a checkpoint holds, ready for inference."""
-    model = GPT(config.ModelConfig(**state["config"]["model"]))
-    model.load_state_dict(state["model"])
-    return model.to(where).eval(), from_spec(state["tokenizer"])
 
 
 def split_tokens(prepared: data.Prepared, split: str) -> list[np.ndarray]:
@@ -118,9 +110,12 @@ def run(
 ) -> Report:
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    state = checkpoint.load(checkpoint.resolve(ckpt_path))
+    state = checkpoint.load_weights(ckpt_path)
     runtime = device.pick(device_name)
-    model, tokenizer = load_model(state, runtime.device)
+    model = checkpoint.build_model(state, runtime.device)
+    tokenizer = from_spec(state["tokenizer"])
+    if not source and set(state["config"]) == {"model"}:
+        raise UsageError(f"{ckpt_path} records no training data; name a corpus with --data SOURCE")
     cfg = config.from_dict(state["config"], origin=ckpt_path)
     if source:
         cfg.data = dataclasses.replace(cfg.data, source=source)

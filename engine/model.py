@@ -39,6 +39,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def padding_mask(pad: torch.Tensor, start: int, T: int) -> torch.Tensor:
+    """Which keys each query may see, (B, 1, T, start + T): causal, and never a padding token.
+
+    A padding query sees only itself: a row with no visible key would make softmax divide by
+    zero, and its output is never read anyway.
+    """
+    keys = torch.arange(start + T, device=pad.device)
+    queries = keys[start:, None]  # (T, 1)
+    real = keys >= pad[:, None, None]  # (B, 1, S)
+    return (((keys <= queries) & real) | (keys == queries)).unsqueeze(1)
+
+
 class KVCache:
     """Keys and values of every layer, kept between calls so each new token costs one position.
 
@@ -89,6 +101,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None,
         layer: int,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.split, dim=-1)
@@ -103,8 +116,7 @@ class Attention(nn.Module):
         # SDPA's is_causal aligns the mask to the top-left corner, which is right only when
         # queries and keys start together. With a cache the queries are the last T of the keys:
         # one query may see everything, several need the diagonal shifted by `past`.
-        mask = None
-        if past and T > 1:
+        if mask is None and past and T > 1:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
         y = F.scaled_dot_product_attention(
             q,
@@ -112,7 +124,7 @@ class Attention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=past == 0 and T > 1,
+            is_causal=mask is None and past == 0 and T > 1,
             enable_gqa=self.n_kv_head != self.n_head,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh * hs)
@@ -157,8 +169,9 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, cache, layer)
+        x = x + self.attn(self.norm1(x), rope, cache, layer, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -204,11 +217,14 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        pad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets (-1 ignored), the mean cross-entropy.
 
         With a cache, `idx` continues the sequence the cache holds. `last_only` keeps just the
-        final position's logits, which is all sampling needs.
+        final position's logits, which is all sampling needs. `pad` (B,) counts each row's
+        left-padding tokens: nothing attends to them and positions start after them, so prompts
+        of unequal lengths decode in one batch as each would alone.
         """
         T = idx.size(1)
         start = cache.pos if cache is not None else 0
@@ -220,20 +236,27 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens exceeds the context of {limit}; "
                 "crop the prompt to its most recent tokens"
             )
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        mask = None
+        if pad is not None:
+            mask = padding_mask(pad, start, T)
+            pos = (pos - pad[:, None]).clamp(min=0)  # (B, T)
         x = self.wte(idx)  # (B, T, d)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(pos)
         x = self.drop(x)
         rope = None
         if self.cfg.pos == "rope":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[pos], self.rope_sin[pos])
+            if pad is not None:
+                rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))  # (B, 1, T, hs/2) per row
         recompute = self.cfg.activation_checkpointing and self.training and cache is None
         for layer, block in enumerate(self.blocks):
             if recompute:
                 # keep only each block's input; recompute its insides during backward
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, cache, layer)
+                x = block(x, rope, cache, layer, mask)
         if cache is not None:
             cache.pos += T
         x = self.norm_f(x)

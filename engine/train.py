@@ -65,6 +65,7 @@ class Run:
     state: State
     studio: bool = False  # whether rank 0's studio is still connected, as all ranks agreed
     last_norm: torch.Tensor | float = 0.0  # gradient norm of the latest step, before clipping
+    notes: list[str] = field(default_factory=list)  # warnings from building, logged at start
 
     def save(self, val_loss: float | None = None) -> None:
         """Every rank takes part: the weights and optimizer state as one process would hold
@@ -162,14 +163,22 @@ def build(
     device.configure_cuda()
     seed_everything(cfg.train.seed)
 
+    notes: list[str] = []  # said after the start event
     restored = _load_resume(cfg, resume) if resume is not None else None
-    base = checkpoint.load(checkpoint.resolve(cfg.train.init_from)) if cfg.train.init_from else None
+    # weights to fine-tune: a checkpoint, a run directory, or hf:PATH (a Hugging Face folder)
+    base = checkpoint.load_weights(cfg.train.init_from) if cfg.train.init_from else None
     source = restored or base
     tokenizer = from_spec(source["tokenizer"]) if source else None
     prepared, tokenizer = _prepare_data(cfg, tokenizer, early, group)
-    if source:  # a checkpoint fixes the architecture; say so if the config disagrees
-        model_cfg = config.ModelConfig(**source["config"]["model"])
-        _check_same_model(cfg, model_cfg)
+    if source:  # a checkpoint fixes the architecture
+        model_cfg = checkpoint.model_config(source)
+        differ = _model_differences(cfg, model_cfg)
+        if differ and restored:
+            raise UsageError(f"the config's model differs from the checkpoint's: {differ}")
+        if differ:  # fine-tuning: the weights bring their shape; say what was not used
+            notes.append(f"model shape from {cfg.train.init_from}, not the config: {differ}")
+        model_cfg.dropout = cfg.model.dropout
+        model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
     else:
         model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
@@ -209,6 +218,7 @@ def build(
     return Run(
         cfg, runtime, group, tokenizer, model, parallel, step_fn, optimizer, scaler,
         train_loader, val_loader, saver, reporter, link, state, studio=link is not None,
+        notes=notes,
     )  # fmt: skip
 
 
@@ -263,6 +273,8 @@ def loop(run: Run, until: int | None = None) -> None:
         max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
         resumed_from=state.step,
     ))  # fmt: skip
+    for note in run.notes:
+        reporter.emit(p.Log(note, level="warning"))
     if world > 1:
         reporter.emit(p.Log(
             f"global batch: {t.batch_size} sequences x {t.grad_accum} micro-batches x {world} "
@@ -395,7 +407,7 @@ def _answer_sample(run: Run, request: p.SampleRequest) -> None:
     try:
         run.sample(
             [request.prompt], request.max_tokens, request.id, temperature=request.temperature,
-            top_k=request.top_k, seed=None,
+            top_k=request.top_k, top_p=request.top_p, seed=None,
         )  # fmt: skip
     except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
         run.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
@@ -503,19 +515,15 @@ def _load_resume(cfg: Config, resume: str) -> dict[str, Any]:
     return checkpoint.load(latest)
 
 
-def _check_same_model(cfg: Config, saved: config.ModelConfig) -> None:
+def _model_differences(cfg: Config, saved: config.ModelConfig) -> str:
+    """The config's model keys that differ from a checkpoint's, as `model.k = mine (saved)`."""
     mine = config.to_dict(cfg)["model"]
-    differ = [
-        k for k, v in config.to_dict(config.Config(model=saved))["model"].items()
+    theirs = config.to_dict(config.Config(model=saved))["model"]
+    return ", ".join(
+        f"model.{k} = {mine[k]!r} (checkpoint: {v!r})"
+        for k, v in theirs.items()
         if k not in ("vocab_size", "dropout", "activation_checkpointing") and mine[k] != v
-    ]  # fmt: skip
-    if differ:
-        shown = ", ".join(
-            f"model.{k} = {mine[k]!r} (checkpoint: {getattr(saved, k)!r})" for k in differ
-        )
-        raise UsageError(f"the config's model differs from the checkpoint's: {shown}")
-    saved.dropout = cfg.model.dropout
-    saved.activation_checkpointing = cfg.model.activation_checkpointing
+    )
 
 
 def _check_prompts(cfg: Config, tokenizer: Tokenizer) -> None:

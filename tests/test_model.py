@@ -277,3 +277,23 @@ def test_compiled_model_matches_eager_on_cuda():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rope", "llama"])
+def test_left_padded_rows_get_the_logits_each_row_gets_alone(name):
+    model = build(VARIANTS[name]).eval()
+    short, long = tokens(1, 5, seed=4), tokens(1, 9, seed=5)
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    pad = torch.tensor([4, 0])
+    with torch.no_grad():
+        alone_short, _ = model(short)
+        alone_long, _ = model(long)
+        cache = model.make_cache(batch_size=2)
+        both, _ = model(batch, cache=cache, pad=pad)
+        step = torch.tensor([[7], [8]])
+        next_both, _ = model(step, cache=cache, pad=pad)
+        next_short, _ = model(torch.cat([short, step[:1]], 1))
+    torch.testing.assert_close(both[0, 4:], alone_short[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1], alone_long[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(next_both[0, 0], next_short[0, -1], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(both).all()  # padding queries must not produce NaN

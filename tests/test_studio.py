@@ -8,7 +8,6 @@ speaks the same protocol without torch, so they take a second rather than ten.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import subprocess
 import sys
@@ -425,10 +424,6 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
 # --- chat ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("engine.chat_protocol") is None,
-    reason="needs python -m engine.generate --serve (issue 6, not merged yet)",
-)
 def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
     from engine.train import train as train_headless
 

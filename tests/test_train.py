@@ -228,3 +228,12 @@ def test_cuda_run_uses_bf16_compile_pinned_batches_and_resumes(tmp_path):
     assert steps[-1].mfu is None or 0 < steps[-1].mfu < 1
     resumed = train(cfg, resume="", quiet=True)
     assert state.step == 10 and resumed.step == 20
+
+
+def test_resume_refuses_a_config_whose_model_changed(tmp_path):
+    cfg = tiny_config(tmp_path, train__max_steps=4)
+    train(cfg, quiet=True)
+    cfg.model.n_layer = 3
+    cfg.train.max_steps = 8
+    with pytest.raises(UsageError, match=r"model.n_layer = 3 \(checkpoint: 2\)"):
+        train(cfg, resume="", quiet=True)

@@ -1,0 +1,200 @@
+"""Conversations with a model: the terminal session and the studio's `--serve` loop.
+
+Both talk through a ChatSession. In chat mode it keeps the conversation: each prompt continues
+the text of the turns before it (joined by newlines), and once that outgrows the context only
+its most recent block_size tokens are kept. Outside chat mode every prompt stands alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO
+
+from engine.chat_protocol import End, Error, Ready, Reply, RequestError, Token, parse_request
+from engine.errors import UsageError
+from engine.generate import Completion, Sampling, Stream
+from engine.model import GPT
+from engine.tokenizer import Tokenizer
+
+
+class ChatSession:
+    """A model, its tokenizer and the conversation so far."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.history = ""
+        self.last: Completion | None = None
+        self.tokens_per_s = 0.0
+
+    def reset(self) -> None:
+        self.history = ""
+
+    def reply(self, prompt: str, sampling: Sampling, chat: bool = False) -> Iterator[str]:
+        """The continuation, piece by piece. In chat mode even a reply cut short (Ctrl-C)
+        joins the conversation, as far as it was shown."""
+        context = f"{self.history}\n{prompt}" if chat and self.history else prompt
+        stream = Stream(self.model, self.tokenizer, [context], sampling)
+        try:
+            for _, piece in stream:
+                yield piece
+        finally:
+            self.last = stream.completions[0]
+            self.tokens_per_s = stream.tokens_per_s
+            if chat:
+                self.history = context + self.last.text
+
+
+# ---------------------------------------------------------------------------------------------
+# The terminal
+
+HELP = """\
+  /temp X       temperature, 0 for greedy         now {temperature:g}
+  /tokens N     tokens per reply                  now {max_new_tokens}
+  /topk K       sample from the K likeliest, 0 off  now {top_k}
+  /topp P       nucleus mass in (0, 1], 1 off     now {top_p:g}
+  /chat on|off  keep the conversation in context  now {chat}
+  /reset        forget the conversation
+  quit          leave (or Ctrl-D)
+"""
+SETTINGS = {
+    "/temp": ("temperature", float),
+    "/tokens": ("max_new_tokens", int),
+    "/topk": ("top_k", int),
+    "/topp": ("top_p", float),
+}
+
+
+def repl(
+    session: ChatSession,
+    sampling: Sampling,
+    *,
+    read: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+    banner: str = "",
+) -> int:
+    """A line-based session: each line is a prompt or a command; replies print as they decode."""
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    chat = False
+    write(banner + "Type a prompt; /help for commands, quit to leave.\n")
+    while True:
+        try:
+            line = read("> ")
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            return 0
+        command = line.strip()
+        if command in ("quit", "exit", "/quit"):
+            return 0
+        if command.startswith("/"):
+            try:
+                sampling, chat, message = _command(command, sampling, chat, session)
+            except UsageError as err:
+                message = f"error: {err}"
+            write(message + "\n")
+            continue
+        try:
+            for piece in session.reply(line, sampling, chat):
+                write(piece)
+        except KeyboardInterrupt:
+            write(" [stopped]")
+        except UsageError as err:
+            write(f"error: {err}")
+        write("\n")
+        if session.last and session.last.truncated_prompt:
+            block = session.model.cfg.block_size
+            write(f"(the prompt was longer than the context: kept its last {block} tokens)\n")
+
+
+def _command(
+    command: str, sampling: Sampling, chat: bool, session: ChatSession
+) -> tuple[Sampling, bool, str]:
+    """Apply one /command; returns the new settings, chat mode and what to tell the user."""
+    name, _, value = command.partition(" ")
+    value = value.strip()
+    if name == "/help":
+        return sampling, chat, HELP.format(chat="on" if chat else "off", **vars(sampling))
+    if name == "/reset":
+        session.reset()
+        return sampling, chat, "conversation forgotten"
+    if name == "/chat":
+        if value not in ("on", "off"):
+            raise UsageError(f"/chat takes on or off, got {value!r}")
+        if value == "off":
+            session.reset()
+        return sampling, value == "on", f"chat {value}"
+    if name not in SETTINGS:
+        raise UsageError(f"unknown command {name}; /help lists them")
+    field, kind = SETTINGS[name]
+    try:
+        parsed = kind(value)
+    except ValueError:
+        wanted = "a whole number" if kind is int else "a number"
+        raise UsageError(f"{name} takes {wanted}, got {value!r}") from None
+    sampling = dataclasses.replace(sampling, **{field: parsed})
+    return sampling, chat, f"{field.replace('_', ' ')} = {parsed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The studio's pipe
+
+
+def serve(
+    session: ChatSession,
+    sampling: Sampling,
+    *,
+    source: str,
+    step: int,
+    lines: Iterable[str] = sys.stdin,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Answer one JSON request per line until the input ends (engine.chat_protocol).
+
+    A bad request gets an error reply and the loop goes on; `sampling` holds the defaults a
+    request does not set.
+    """
+
+    def send(reply: Reply) -> None:
+        out.write(reply.to_json() + "\n")
+        out.flush()
+
+    model = session.model
+    send(Ready(source, step, model.num_params(), model.cfg.block_size))
+    for line in lines:
+        if not line.strip():
+            continue
+        rid = None
+        try:
+            request = parse_request(line)
+            rid = request.id
+            if request.reset:
+                session.reset()
+            if request.prompt is None:
+                send(End(rid, 0, 0.0, False))
+                continue
+            asked = {
+                "max_new_tokens": request.max_tokens,
+                "temperature": request.temperature,
+                "top_k": request.top_k,
+                "top_p": request.top_p,
+                "repetition_penalty": request.repetition_penalty,
+                "seed": request.seed,
+            }
+            settings = dataclasses.replace(
+                sampling, **{k: v for k, v in asked.items() if v is not None}
+            )
+            for piece in session.reply(request.prompt, settings, request.chat):
+                send(Token(rid, piece))
+            done = session.last
+            assert done is not None
+            send(End(rid, done.tokens, round(session.tokens_per_s, 2), done.truncated_prompt))
+        except RequestError as err:
+            send(Error(err.id, str(err)))
+        except UsageError as err:
+            send(Error(rid, str(err)))
+    return 0

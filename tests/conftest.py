@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a thread pool, and on a busy machine the pool waits at
+    every op for a worker the OS has put aside: one thread keeps such tests fast and steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
