@@ -440,10 +440,9 @@ class TrainPane(Vertical):
         step = self._last.get("step")
         evaluation = self._last.get("eval")
         if self.state == IDLE and self.last_exit is None and not self.events_seen:
-            status.update(self._ready_text())
-        else:
-            where = f"{self.run_name} · {self.state}"
-            status.update(where)
+            status.update(self._ready_text())  # may wrap; shown while nothing streams in
+        else:  # while events stream in: short lines of fixed size, so no relayout each time
+            status.update(f"{self.run_name} · {self.state}", layout=False)
         bar = self.query_one(ProgressBar)
         if self.max_steps:
             bar.update(total=self.max_steps, progress=self.step)
@@ -451,7 +450,7 @@ class TrainPane(Vertical):
         if isinstance(step, p.Step):
             eta = duration(step.eta_s) if self.state in (TRAINING, PAUSED, FOLLOWING) else "-"
             self.query_one("#train-eta", Label).update(
-                f"step {self.step}/{self.max_steps} · eta {eta}"
+                f"step {self.step}/{self.max_steps} · eta {eta}", layout=False
             )
             figures += [
                 f"loss {step.loss:.4f}",
@@ -462,7 +461,7 @@ class TrainPane(Vertical):
             ]
         if isinstance(evaluation, p.Eval):
             figures.append(f"val {evaluation.val_loss:.4f} (step {evaluation.step})")
-        self.query_one("#train-figures", Static).update("  ·  ".join(figures))
+        self.query_one("#train-figures", Static).update("  ·  ".join(figures), layout=False)
 
     def _ready_text(self) -> str:
         if self.config is None:
