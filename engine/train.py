@@ -295,7 +295,7 @@ def loop(run: Run, until: int | None = None) -> None:
                 if until is not None and state.step >= until and not state.stop:
                     state.stop = "stopped"
                 extras_start = time.perf_counter()
-                obey(run, agree(run))  # may pause here, or stop or save, on every rank at once
+                obey(run, agree(run))  # pause, stop, save or sample, on every rank at once
                 last = state.step == t.max_steps or bool(state.stop)
 
                 if state.step % cfg.log.interval == 0 or last:
@@ -322,6 +322,10 @@ def loop(run: Run, until: int | None = None) -> None:
                     run.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + state.step)
                 if state.step % cfg.checkpoint.interval == 0 or last:
                     run.save(val_loss)
+                if state.paused:  # after this step's records, so they show where it paused
+                    hold(run)
+                    if state.stop and not last:
+                        run.save()  # stopped while paused: the step is kept
                 window_start += time.perf_counter() - extras_start  # not step time
         reporter.emit(p.Done(step=state.step, reason=state.stop or "finished",
                              elapsed_s=time.perf_counter() - started))  # fmt: skip
@@ -377,18 +381,9 @@ def agree(run: Run, wait: float = 0.0) -> list[p.Command]:
 
 
 def obey(run: Run, commands: list[p.Command]) -> None:
-    """Carry out the studio's commands between two steps, on every rank alike. A pause holds
-    here, still obeying stop, save and sample, until resumed, stopped or signalled."""
+    """Carry out the studio's commands between two steps, on every rank alike."""
     state = run.state
-    pending = list(commands)
-    while pending or state.paused:
-        if not pending:
-            if state.stop or not run.studio:
-                state.paused = False  # a signal, or no studio left to resume us
-                break
-            pending = agree(run, wait=0.2)
-            continue
-        command = pending.pop(0)
+    for command in commands:
         if isinstance(command, p.Pause) and not state.paused:
             state.paused = True
             run.reporter.emit(p.Log(f"paused after step {state.step}"))
@@ -401,6 +396,15 @@ def obey(run: Run, commands: list[p.Command]) -> None:
             run.save()
         elif isinstance(command, p.SampleRequest):
             _answer_sample(run, command)
+
+
+def hold(run: Run) -> None:
+    """Stay paused, still obeying save, sample and stop, until resumed, stopped or signalled
+    (or the studio that paused us is gone, when nobody could resume us)."""
+    state = run.state
+    while state.paused and not state.stop and run.studio:
+        obey(run, agree(run, wait=0.2))
+    state.paused = False
 
 
 def _answer_sample(run: Run, request: p.SampleRequest) -> None:
