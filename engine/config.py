@@ -708,6 +708,15 @@ def human(n: float, unit: str = "") -> str:
     return f"{number} {prefix}{unit}" if unit else f"{number}{prefix}"
 
 
+def duration(seconds: float | None) -> str:
+    """90 -> '1m30s', 5400 -> '1h30m'; None (not known yet) -> '-'."""
+    if seconds is None:
+        return "-"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """`python -m engine.config CONFIG [--section.key=value ...]`: validate and size a config."""

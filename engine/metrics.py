@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import protocol as p
-from engine.config import Config, human, to_dict
+from engine.config import Config, duration, human, to_dict
 from engine.errors import UsageError
 
 
@@ -165,23 +165,8 @@ def open_sinks(cfg: Config, extra: list[Sink] = ()) -> Reporter:
 
 def read_events(path: str | Path) -> list[p.Event]:
     """Every event in a metrics.jsonl, skipping a torn last line from a run still writing."""
-    events = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                events.append(p.decode(line))
-            except p.ProtocolError:
-                continue
-    return events
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+        return p.decode_events(f)
 
 
 def step_line(e: p.Step, max_steps: int) -> str:
@@ -189,7 +174,7 @@ def step_line(e: p.Step, max_steps: int) -> str:
     return (
         f"step {e.step:>{len(str(max_steps))}}/{max_steps} | loss {e.loss:.4f} | lr {e.lr:.2e} | "
         f"{e.tokens_per_s / 1000:7.1f}K tok/s | {e.step_ms:6.1f} ms | mfu {mfu} | "
-        f"mem {e.mem_gb:.2f} GB | eta {fmt_duration(e.eta_s)}"
+        f"mem {e.mem_gb:.2f} GB | eta {duration(e.eta_s)}"
     )
 
 
@@ -212,7 +197,7 @@ def event_line(event: p.Event, max_steps: int) -> str | None:
             f"steps, world size {event.world_size}{resumed}"
         )
     if isinstance(event, p.Done):
-        return f"done at step {event.step} ({event.reason}) after {fmt_duration(event.elapsed_s)}"
+        return f"done at step {event.step} ({event.reason}) after {duration(event.elapsed_s)}"
     if isinstance(event, p.Error):
         return f"error: {event.message}"
     if isinstance(event, p.Log):
@@ -245,7 +230,7 @@ def progress_line(e: p.Progress, rates: Rates) -> str:
     if e.total:
         amount = f"{100 * e.done / e.total:3.0f}% of {human(e.total, e.unit)}"
     tokens = f", {human(e.tokens)} tokens" if e.tokens is not None else ""
-    return f"{e.task}: {amount}{tokens}" + (f", {speed}, eta {fmt_duration(eta)}" if speed else "")
+    return f"{e.task}: {amount}{tokens}" + (f", {speed}, eta {duration(eta)}" if speed else "")
 
 
 class PlainConsole:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -252,6 +253,18 @@ def decode(line: bytes | str, kinds: dict[str, type[Message]] | None = None) -> 
     if not isinstance(record, dict):
         raise ProtocolError("not a JSON object")
     return from_dict(record, kinds)
+
+
+def decode_events(lines: Iterable[bytes | str]) -> list[Event]:
+    """Every event in `lines`, skipping any that is not one: a torn last line of a run still
+    writing, a blank line, a record from a newer engine's unknown kind."""
+    events = []
+    for line in lines:
+        try:
+            events.append(decode(line))
+        except ProtocolError:
+            continue
+    return events
 
 
 def decode_command(line: bytes | str) -> Command:

@@ -132,13 +132,7 @@ def _events(path: Path, offset: int, size: int) -> list[p.Event]:
     lines = data.split(b"\n")
     if partial_first:
         lines = lines[1:]  # the cut went through it
-    events = []
-    for line in lines:
-        try:
-            events.append(p.decode(line))
-        except p.ProtocolError:
-            continue
-    return events
+    return p.decode_events(lines)
 
 
 def _shape(folder: Path, start: p.Start | None) -> str:

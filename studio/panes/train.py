@@ -27,7 +27,7 @@ from textual.reactive import reactive
 from textual.widgets import Button, Label, ProgressBar, RichLog, Static
 
 from engine import protocol as p
-from engine.config import Config, human
+from engine.config import Config, duration, human
 from studio.jobs import Exit, TrainJob, first_error
 from studio.rundir import MetricsTail
 from studio.widgets.charts import RunCharts
@@ -55,15 +55,6 @@ def free_name(out_dir: Path, name: str) -> str:
     while holds_run(out_dir / f"{base}-{n + 1}"):
         n += 1
     return f"{base}-{n + 1}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 class TrainPane(Vertical):
