@@ -9,6 +9,10 @@ asyncio: an asyncio subprocess is killed when its transport closes, and a run th
 leave training must outlive the studio (and the terminal's hang-up). Its stdout is discarded
 (every event arrives on the link) and its stderr goes to a file whose tail is shown if it dies.
 Shorter jobs (inspect, prepare, chat) are asyncio subprocesses, killed when the studio goes.
+
+The long-lived adapters (TrainJob, ChatServer) are run by a pane's worker (`await job.run()`)
+and post what they hear as studio.messages to that pane; the pane holds the adapter only to send
+it commands.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine import protocol as p
 from engine.config import Config, save
-from studio.link import EngineLink, private_dir
+from studio.link import EngineLink, Target, private_dir
+from studio.messages import ChatExited, ChatNote, ChatReply, EngineExited, RunEvents
+from studio.rundir import MetricsTail
 
 TAIL_LINES = 15
 POLL_S = 0.2  # how often a training job is checked for having exited
@@ -69,39 +76,61 @@ class Exit:
 class TrainJob:
     """`python -m engine.train CONFIG --report-to ADDRESS`, and the link it reports to.
 
+    `run()` is the body of a worker: it starts the engine, and returns once the engine has
+    ended (posting `EngineExited`) or the user left it training (`leave()`). Events, notes and
+    the connection arrive at `target` as messages from the link meanwhile.
+
     The config is written into the job's private directory first, so a user's own file is never
     touched; the engine then writes the resolved config into the run directory itself.
     """
 
     def __init__(
         self,
-        on_event: Callable[[p.Event], None],
-        on_note: Callable[[str], None],
-        on_exit: Callable[[Exit], None],
+        target: Target,
         *,
-        on_connect: Callable[[], None] | None = None,
         force_tcp: bool = False,
         command: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
-        self.on_exit = on_exit
+        self.target = target
         self.folder = private_dir()
-        self.link = EngineLink(
-            on_event, on_note, on_connect=on_connect, folder=self.folder, force_tcp=force_tcp
-        )
+        self.link = EngineLink(target, folder=self.folder, force_tcp=force_tcp)
         # what to run for the engine's arguments; a benchmark swaps in a stand-in engine
         self.command = command or (lambda args: engine_command("engine.train", *args))
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit: Exit | None = None
         self.left = False  # the user left it training headless: no longer ours
-        self._watch: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()  # run() has returned, whichever way
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.exit is None and not self.left
 
-    async def start(self, config: Config, *, resume: bool = False) -> None:
+    async def run(self, config: Config, *, resume: bool = False) -> Exit | None:
+        """Start the engine on `config` and watch it until it ends; None if it was left.
+
+        OSError: the engine could not be started (nothing is left running then).
+        """
+        try:
+            self._start(config, resume, await self.link.open())
+            while (code := self.proc.poll()) is None and not self.left:  # type: ignore[union-attr]
+                await asyncio.sleep(POLL_S)
+            if self.left:
+                return None
+            await self.link.drained(2.0)  # what the engine said last is still on the wire
+            try:
+                text = (self.folder / "stderr.log").read_bytes()[-16384:]
+            except OSError:
+                text = b""
+            self.exit = Exit(code, tail_lines(text.decode("utf-8", "replace")))
+            self.target.post_message(EngineExited(self.exit))
+            return self.exit
+        finally:
+            await self.link.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._ended.set()
+
+    def _start(self, config: Config, resume: bool, address: str) -> None:
         path = save(config, self.folder / "config.toml")
-        address = await self.link.open()
         args = [str(path), *(["--resume"] if resume else []), "--report-to", address]
         with open(self.folder / "stderr.log", "wb") as stderr:  # the child keeps its own handle
             self.proc = subprocess.Popen(
@@ -112,38 +141,23 @@ class TrainJob:
                 env=engine_env(self.link.env),
                 start_new_session=True,  # a terminal's Ctrl-C or hang-up is the studio's alone
             )
-        self._watch = asyncio.create_task(self._wait())
 
     def send(self, command: p.Command) -> bool:
         return self.running and self.link.send(command)
 
-    async def _wait(self) -> None:
-        assert self.proc is not None
-        while (code := self.proc.poll()) is None:
-            await asyncio.sleep(POLL_S)
-        await self.link.drained(2.0)  # what the engine said last is still on the wire
-        try:
-            text = (self.folder / "stderr.log").read_bytes()[-16384:].decode("utf-8", "replace")
-        except OSError:
-            text = ""
-        self.exit = Exit(code, tail_lines(text))
-        await self.link.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.on_exit(self.exit)
-
     async def stop(self, timeout: float = 60.0) -> Exit | None:
         """Ask for a checkpoint and an end; SIGTERM (which also checkpoints), then SIGKILL."""
-        if not self.running or self._watch is None:
+        if not self.running:
             return self.exit
         if not self.link.send(p.Stop()):
             self._signal(signal.SIGTERM)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._watch), timeout)
+                await asyncio.wait_for(self._ended.wait(), timeout)
                 return self.exit
             self._signal(sig)
             timeout = 10.0
-        await self._watch
+        await self._ended.wait()
         return self.exit
 
     def kill(self) -> None:
@@ -152,15 +166,39 @@ class TrainJob:
     async def leave(self) -> None:
         """Hang up without stopping it: the engine notices and carries on headless."""
         self.left = True
-        if self._watch is not None:
-            self._watch.cancel()
         await self.link.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), 2 * POLL_S + 1.0)
 
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+
+class MetricsFollower:
+    """Reads a run's metrics.jsonl as it grows and posts what is new as `RunEvents`.
+
+    `run()` is the body of a worker and reads until the worker is cancelled: the run may be
+    training elsewhere (headless, or on a server whose folder is synced here).
+    """
+
+    def __init__(self, target: Target, run_dir: Path, every: float) -> None:
+        self.target = target
+        self.tail = MetricsTail(run_dir / "metrics.jsonl")
+        self.every = every
+        self.reads = 0  # how many times the file was looked at: tests wait on it
+
+    def read(self) -> None:
+        events = self.tail.read_new()
+        self.reads += 1
+        if events:
+            self.target.post_message(RunEvents(events))
+
+    async def run(self) -> None:
+        while True:
+            self.read()
+            await asyncio.sleep(self.every)
 
 
 async def run_engine(
@@ -212,37 +250,44 @@ def first_error(exit: Exit) -> str:
 class ChatServer:
     """`python -m engine.generate SOURCE --serve`: requests in on stdin, replies out on stdout.
 
-    Replies (`ready`, `token`, `end`, `error`) go to `on_reply` as dicts; a line that is not a
-    JSON object with a `type` goes to `on_note`. `on_exit` hears when the process ends.
+    `run()` is the body of a worker. Replies (`ready`, `token`, `end`, `error`) reach `target`
+    as `ChatReply` messages, a line that is not a JSON object with a `type` as a `ChatNote`, and
+    an end nobody asked for (`close()`) as `ChatExited`.
     """
 
-    def __init__(
-        self,
-        on_reply: Callable[[dict[str, Any]], None],
-        on_note: Callable[[str], None],
-        on_exit: Callable[[Exit], None],
-    ) -> None:
-        self.on_reply = on_reply
-        self.on_note = on_note
-        self.on_exit = on_exit
+    def __init__(self, target: Target) -> None:
+        self.target = target
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr: deque[str] = deque(maxlen=TAIL_LINES)
-        self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
+        self._ended = asyncio.Event()
 
-    async def start(self, source: str) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *engine_command("engine.generate", source, "--serve"),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=engine_env(),
-        )
-        readers = [
-            asyncio.create_task(self._read_stdout()),
-            asyncio.create_task(self._read_stderr()),
-        ]
-        self._tasks = [*readers, asyncio.create_task(self._wait(readers))]
+    async def run(self, source: str) -> None:
+        """Serve `source` until the process ends. OSError: it could not be started."""
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *engine_command("engine.generate", source, "--serve"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=engine_env(),
+            )
+            readers = asyncio.gather(self._read_stdout(), self._read_stderr())
+            try:
+                code = await self.proc.wait()
+                with contextlib.suppress(asyncio.TimeoutError):  # the last lines it wrote
+                    await asyncio.wait_for(asyncio.shield(readers), 2.0)
+            finally:
+                readers.cancel()
+                readers.add_done_callback(lambda f: f.cancelled() or f.exception())
+                if self.proc.returncode is None:  # the worker was cancelled: no orphans
+                    with contextlib.suppress(ProcessLookupError):
+                        self.proc.kill()
+                    await self.proc.wait()
+            if not self.closing:
+                self.target.post_message(ChatExited(Exit(code, list(self._stderr))))
+        finally:
+            self._ended.set()
 
     @property
     def running(self) -> bool:
@@ -269,8 +314,6 @@ class ChatServer:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 await self.proc.wait()
-        for task in self._tasks:
-            task.cancel()
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -282,9 +325,11 @@ class ChatServer:
                 except ValueError:
                     reply = None
                 if isinstance(reply, dict) and isinstance(reply.get("type"), str):
-                    self.on_reply(reply)
+                    self.target.post_message(ChatReply(reply))
                 else:
-                    self.on_note(f"ignored a line from the chat server: {line[:80]!r}")
+                    self.target.post_message(
+                        ChatNote(f"ignored a line from the chat server: {line[:80]!r}")
+                    )
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -292,11 +337,3 @@ class ChatServer:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 self._stderr.append(text)
-
-    async def _wait(self, readers: list[asyncio.Task[None]]) -> None:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        with contextlib.suppress(asyncio.TimeoutError):  # the last lines it wrote
-            await asyncio.wait_for(asyncio.gather(*readers), 2.0)
-        if not self.closing:
-            self.on_exit(Exit(code, list(self._stderr)))

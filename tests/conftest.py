@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,3 +12,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- studio tests (helpers in tests/studio_helpers.py) ------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def engine_on_path(monkeypatch):
+    """Engine subprocesses the studio starts import this checkout's engine, whatever is
+    installed."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))

@@ -17,7 +17,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from engine.config import (
@@ -33,6 +32,7 @@ from engine.config import (
     presets,
     save,
 )
+from studio.messages import ConfigChanged, ConfigState
 from studio.widgets.dialogs import ConfirmDialog, PathDialog
 from studio.widgets.form import FieldRow
 from studio.widgets.summary import ConfigSummary
@@ -100,7 +100,7 @@ def _row_id(key: str) -> str:
 
 
 class ConfigPane(Vertical):
-    """Edits one run config; `config` is the last valid one and `Changed` says when it moves."""
+    """Edits one run config; `config` is the last valid one and `ConfigChanged` says when it moves."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save_as", "Save as", tooltip="Write this config to a TOML file"),
@@ -118,22 +118,6 @@ class ConfigPane(Vertical):
         ],
     ]
 
-    class Changed(Message):
-        """The form's state moved: a new valid config, or it became (in)valid."""
-
-        def __init__(
-            self, pane: ConfigPane, config: Config, valid: bool, errors: dict[str, str]
-        ) -> None:
-            super().__init__()
-            self.pane = pane
-            self.config = config  # the last valid config, also when `valid` is False
-            self.valid = valid
-            self.errors = errors
-
-        @property
-        def control(self) -> ConfigPane:
-            return self.pane
-
     def __init__(
         self, config: Config | None = None, source: str = "", *, id: str | None = None
     ) -> None:
@@ -149,7 +133,7 @@ class ConfigPane(Vertical):
         self._kinds = form_fields()
         self._rows: dict[str, FieldRow] = {}
         self._errors: dict[str, str] = {}
-        self._posted: tuple[Config, dict[str, str]] | None = None
+        self._posted: tuple[Config, dict[str, str], str] | None = None
 
     # -- data out --------------------------------------------------------------------------
 
@@ -261,13 +245,13 @@ class ConfigPane(Vertical):
         for name in self._presets:
             active = self._source == f"preset:{name}"
             self.query_one(f"#preset-{name}", Button).set_class(active, "-active")
-        state = (self.config, self.errors)
+        state = (self.config, self.errors, self._source)
         if state == self._posted:
             return
         if self._posted is None or bool(self._posted[1]) != bool(self._errors):
             self.refresh_bindings()  # "Next problem" is offered only while there is one
         self._posted = state
-        self.post_message(self.Changed(self, self.config, self.is_valid, self.errors))
+        self.post_message(ConfigChanged(ConfigState(self.config, self.errors, self._source)))
 
     def _describe_source(self) -> str:
         kind, _, name = self._source.partition(":")

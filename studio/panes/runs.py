@@ -3,7 +3,8 @@ or chat with it.
 
 Runs are read from disk (studio.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
-followed: its curves grow while its metrics.jsonl does.
+shown in the same RunView as the Train pane's and followed by a worker: its curves grow while
+its metrics.jsonl does.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import DataTable, Label
 
-from engine import protocol as p
-from studio.rundir import MetricsTail, RunInfo, list_runs
-from studio.widgets.charts import RunCharts
+from studio.jobs import MetricsFollower
+from studio.messages import ChatWith, ConfigState, ResumeRun, RunEvents
+from studio.rundir import RunInfo, list_runs, shown_path
+from studio.widgets.runview import RunView
 
 REFRESH_S = 3.0
 FOLLOW_S = 1.0
@@ -37,43 +38,38 @@ class RunsPane(Vertical):
         Binding("f5", "refresh", "Refresh", tooltip="Read the runs folder again"),
     ]
 
-    class Resume(Message):
-        def __init__(self, run_dir: Path) -> None:
-            super().__init__()
-            self.run_dir = run_dir
-
-    class Chat(Message):
-        def __init__(self, run_dir: Path) -> None:
-            super().__init__()
-            self.run_dir = run_dir
-
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.out_dir = Path("runs")
         self.runs: list[RunInfo] = []
         self.opened: Path | None = None
-        self._tail: MetricsTail | None = None
-        self._last_sample: p.Sample | None = None
+        self.follower: MetricsFollower | None = None
 
     def compose(self) -> ComposeResult:
         yield Label("", id="runs-title", markup=False)
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="runs-detail-head"):
             yield Label("Open a run (Enter) to see its curves", id="runs-open-title", markup=False)
-        yield RunCharts(id="runs-charts")
-        yield Static("", id="runs-sample", markup=False)
+        yield RunView(id="runs-view")
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one(DataTable)
+
+    @property
+    def view(self) -> RunView:
+        return self.query_one(RunView)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
         for column in COLUMNS:
-            table.add_column(column, key=column)
+            self.table.add_column(column, key=column)
         self.set_interval(REFRESH_S, self._refresh_if_shown)
-        self.set_interval(FOLLOW_S, self._follow)
+        self.watch(self.app, "config", self._config_changed)
         self.action_refresh()
 
-    def set_out_dir(self, out_dir: str) -> None:
-        if Path(out_dir) != self.out_dir:
-            self.out_dir = Path(out_dir)
+    def _config_changed(self, state: ConfigState | None) -> None:
+        if state is not None and Path(state.config.out_dir) != self.out_dir:
+            self.out_dir = Path(state.config.out_dir)
             self.action_refresh()
 
     # -- the table -------------------------------------------------------------------------
@@ -90,11 +86,11 @@ class RunsPane(Vertical):
 
     def _show_runs(self, runs: list[RunInfo]) -> None:
         self.runs = runs
-        where = self.out_dir.resolve()
+        where = shown_path(self.out_dir)
         self.query_one("#runs-title", Label).update(
             f"{len(runs)} run(s) in {where}" if runs else f"no runs in {where} yet"
         )
-        table = self.query_one(DataTable)
+        table = self.table
         chosen = self._chosen_path()
         table.clear()
         for run in runs:
@@ -107,7 +103,7 @@ class RunsPane(Vertical):
                 table.move_cursor(row=keys.index(str(chosen)), animate=False)
 
     def _chosen_path(self) -> Path | None:
-        table = self.query_one(DataTable)
+        table = self.table
         if not self.runs or table.row_count == 0:
             return None
         row = min(table.cursor_row, len(self.runs) - 1)
@@ -130,31 +126,22 @@ class RunsPane(Vertical):
             self.notify("No run chosen: train one first, or pick a row.", severity="warning")
             return
         self.opened = run.path
-        self._tail = MetricsTail(run.path / "metrics.jsonl")
-        self._last_sample = None
-        self.query_one(RunCharts).clear()
-        self.query_one("#runs-sample", Static).update("")
+        self.view.reset(run.name, run.path)
         self.query_one("#runs-open-title", Label).update(
             f"{run.name}: {run.shape}, {run.step} steps, best val loss "
             + (f"{run.best_val:.4f}" if run.best_val is not None else "-")
             + f", {run.state} · r resume · c chat"
         )
-        self._follow()
+        self.follower = MetricsFollower(self, run.path, FOLLOW_S)
+        self._follow(self.follower)
 
-    def _follow(self) -> None:
-        if self._tail is None:
-            return
-        events = self._tail.read_new()
-        charts = self.query_one(RunCharts)
-        for event in events:
-            charts.add(event)
-            if isinstance(event, p.Sample) and not event.id:
-                self._last_sample = event
-        if events and self._last_sample is not None:
-            s = self._last_sample
-            self.query_one("#runs-sample", Static).update(
-                f"latest sample, step {s.step} · {s.prompt!r}\n{s.prompt}{s.text}"
-            )
+    @work(group="runs-follow", exclusive=True, exit_on_error=False)
+    async def _follow(self, follower: MetricsFollower) -> None:
+        await follower.run()
+
+    def on_run_events(self, message: RunEvents) -> None:
+        message.stop()
+        self.view.add(message.events)
 
     def action_resume(self) -> None:
         run = self._chosen()
@@ -165,7 +152,7 @@ class RunsPane(Vertical):
                 f"{run.name} has no checkpoint to continue from.", severity="error", markup=False
             )
             return
-        self.post_message(self.Resume(run.path))
+        self.post_message(ResumeRun(run.path))
 
     def action_chat(self) -> None:
         run = self._chosen()
@@ -174,4 +161,4 @@ class RunsPane(Vertical):
         if not run.checkpoints:
             self.notify(f"{run.name} has no checkpoint yet.", severity="error", markup=False)
             return
-        self.post_message(self.Chat(run.path))
+        self.post_message(ChatWith(run.path))
