@@ -107,7 +107,7 @@ class DatasetPane(Vertical):
             "data.source", "", placeholder=SOURCE_HINT, title="data.source", id="data-source"
         )
         with Horizontal(id="data-body"):
-            yield DataTree(Path.cwd(), id="data-tree")
+            yield DataTree(Path("."), id="data-tree")  # the working directory, as typed paths are
             with VerticalScroll(id="data-look"):
                 yield Static("", id="data-facts", markup=False)
                 yield Static("", id="data-preview", markup=False)

@@ -202,6 +202,8 @@ class TrainPane(Vertical):
 
     def start_run(self, config: Config, *, resume: bool = False) -> None:
         """Start `config` as a training subprocess (continuing its run when `resume`)."""
+        self.workers.cancel_group(self, "train-follow")  # a run followed before is put away
+        self.follower = None
         self.view.reset(config.name, config.run_dir, waiting=True)
         self.last_exit = None
         self.state = RunState.STARTING
@@ -316,6 +318,8 @@ class TrainPane(Vertical):
                 self.post_message(SampleAnswered(event))
             elif isinstance(event, p.Log) and event.level == "info":
                 self._paused_or_resumed(event.message)
+            elif isinstance(event, p.Done) and self.state is RunState.FOLLOWING:
+                self.state = RunState.IDLE  # nothing more will come: no longer following
         if self.state is not RunState.IDLE:
             self._show_status()
 
@@ -357,7 +361,9 @@ class TrainPane(Vertical):
         if self.state is RunState.IDLE and self.last_exit is None and not self.view.events_seen:
             self.status.update(self._ready_text())  # may wrap; shown while nothing streams in
         else:  # while events stream in: a short line of fixed size, so no relayout each time
-            self.status.update(f"{self.run_name} · {self.state.value}", layout=False)
+            done = self.view.last(p.Done) if self.state is RunState.IDLE else None
+            state = done.reason if done is not None else self.state.value
+            self.status.update(f"{self.run_name} · {state}", layout=False)
 
     def _ready_text(self) -> str:
         state = self.config_state

@@ -192,9 +192,10 @@ class RunCharts(Grid):
             yield Chart(title, names, fmt, id=f"chart-{key}")
 
     def on_mount(self) -> None:
-        self.set_interval(REDRAW_S, self._redraw)
+        self.set_interval(REDRAW_S, self.redraw)
 
-    def _redraw(self) -> None:
+    def redraw(self) -> None:
+        """Draw the charts that have new points (the timer's job; a screenshot's too)."""
         for chart in self.query(Chart):
             chart.redraw_if_stale()
 

@@ -43,6 +43,7 @@ class RunView(Vertical):
         self.samples: deque[p.Sample] = deque(maxlen=SAMPLES_KEPT)
         self.log_lines: list[str] = []  # everything written to the log, unwrapped
         self._inbox: list[p.Event] = []
+        self._unwritten: list[Text] = []  # log lines waiting for the log to have a width
         self._last: dict[type[p.Event], p.Event] = {}
 
     # -- the widgets -----------------------------------------------------------------------
@@ -59,7 +60,9 @@ class RunView(Vertical):
                 yield Static(NO_SAMPLES, classes="run-samples", markup=False)
             with Vertical(classes="run-log-box"):
                 yield Label("Events", classes="box-title")
-                yield RichLog(classes="run-log", wrap=True, markup=False, max_lines=2000)
+                yield RichLog(
+                    classes="run-log", wrap=True, markup=False, max_lines=2000, min_width=20
+                )
 
     @property
     def charts(self) -> RunCharts:
@@ -98,6 +101,7 @@ class RunView(Vertical):
         self._last.clear()
         self._inbox.clear()
         self.log_lines.clear()
+        self._unwritten.clear()
         self.log.clear()
         self.charts.clear()
         self.samples_text.update(NO_SAMPLES)
@@ -130,7 +134,17 @@ class RunView(Vertical):
     def write(self, text: str, *, error: bool = False) -> None:
         """A line in the run's log (the owner's own news: asked to pause, exited, ...)."""
         self.log_lines.append(text)
-        self.log.write(Text(text, "bold red" if error else ""), scroll_end=True)
+        self._unwritten.append(Text(text, "bold red" if error else ""))
+        self._write_out()
+
+    def _write_out(self) -> None:
+        # a log wraps a line once, at its width when written: a hidden pane has none, so its
+        # lines wait until it is shown rather than wrap at the narrowest width
+        log = self.log
+        if self._unwritten and log.region.width:
+            for line in self._unwritten:
+                log.write(line, scroll_end=True)
+            self._unwritten.clear()
 
     def ended(self) -> None:
         """The run is over: no ETA, and a bar that never got a total stops pulsing."""
@@ -144,6 +158,7 @@ class RunView(Vertical):
 
     def flush(self) -> None:
         """Apply the events that arrived since the last flush, in order."""
+        self._write_out()
         if not self._inbox:
             return
         events, self._inbox = self._inbox, []
