@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
+from engine import checkpoint, config, control, data, device, distributed, metrics, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
@@ -61,7 +61,7 @@ class Run:
     val_loader: Any | None
     saver: checkpoint.CheckpointManager
     reporter: metrics.Reporter
-    link: remote.StudioLink | None
+    link: control.Commands | None  # the studio that started it and the control endpoint
     state: State
     studio: bool = False  # whether rank 0's studio is still connected, as all ranks agreed
     last_norm: torch.Tensor | float = 0.0  # gradient norm of the latest step, before clipping
@@ -211,13 +211,20 @@ def build(
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(cfg, run_dir / "config.toml", overwrite=True)
         reporter = metrics.open_sinks(cfg, early.sinks)
+        endpoint = control.open_control(run_dir)  # any studio of ours may attach from now on
+        if endpoint is not None:
+            reporter.sinks.append(endpoint)
+            notes.append(f"control: {endpoint.address} (attach: gpt-studio --attach {run_dir})")
+    else:
+        endpoint = None
+    commands = control.Commands(link, endpoint) if link or endpoint else None
     saver = checkpoint.CheckpointManager(
         run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
     )
     step_fn = torch.compile(parallel.module) if t.compile else parallel.module
     return Run(
         cfg, runtime, group, tokenizer, model, parallel, step_fn, optimizer, scaler,
-        train_loader, val_loader, saver, reporter, link, state, studio=link is not None,
+        train_loader, val_loader, saver, reporter, commands, state, studio=link is not None,
         notes=notes,
     )  # fmt: skip
 

@@ -30,9 +30,11 @@ from textual.widgets import Header, TabbedContent, TabPane
 
 from engine import __version__
 from engine.config import Config, ConfigError, load
+from engine.control import ControlRecord
 from engine.errors import UsageError, cli_entry
 from studio.messages import (
     AskLive,
+    AttachRun,
     ChatWith,
     ConfigChanged,
     ConfigState,
@@ -97,18 +99,24 @@ class StudioApp(App[None]):
     """The name of the run the Train pane is training now, if any."""
 
     def __init__(
-        self, config: Config | None = None, source: str = "", *, follow: Path | None = None
+        self,
+        config: Config | None = None,
+        source: str = "",
+        *,
+        follow: Path | None = None,
+        attach: str | None = None,
     ) -> None:
         super().__init__()
         self._initial = (config, source)
         self.follow_dir = follow
+        self.attach_to = attach  # a run folder or a control address
 
     def get_default_screen(self) -> Screen:
         return PanesScreen(id="_default")
 
     def compose(self) -> ComposeResult:
         yield Header()
-        start = "train" if self.follow_dir else "config"
+        start = "train" if self.follow_dir or self.attach_to else "config"
         with TabbedContent(id="panes", initial=start):
             for pane, (title, key, _) in PANES.items():
                 with TabPane(f"{title} {self.get_key_display(Binding(key, ''))}", id=pane):
@@ -149,6 +157,8 @@ class StudioApp(App[None]):
     def on_mount(self) -> None:
         if self.follow_dir is not None:
             self.train_pane.follow(self.follow_dir)
+        elif self.attach_to is not None:
+            self.train_pane.attach(self.attach_to)
         self.action_show_pane(self.tabs.active)
         self.call_after_refresh(_settle_heap)
 
@@ -242,6 +252,10 @@ class StudioApp(App[None]):
         self.action_show_pane("train")
         train.start_run(config, resume=True)
 
+    def on_attach_run(self, message: AttachRun) -> None:
+        if self.train_pane.attach(message.run_dir):
+            self.action_show_pane("train")
+
     def on_chat_with(self, message: ChatWith) -> None:
         self.chat_pane.use(str(message.run_dir))  # first: showing it would pick one
         self.action_show_pane("chat")
@@ -251,10 +265,15 @@ class StudioApp(App[None]):
     @work(exclusive=True, group="quit")
     async def action_quit(self) -> None:
         """Quit; a run still training is stopped or left training headless, as the user says."""
-        if not await self.train_pane.release():
+        train = self.train_pane
+        if not await train.release():
             return
         await self.chat_pane.close()
-        self.exit()
+        if train.left is not None:  # said on the terminal once the studio is gone
+            self.exit(message=f"{train.left.name} trains on; control it again with: "
+                      f"gpt-studio --attach {train.left}")  # fmt: skip
+        else:
+            self.exit()
 
 
 def _settle_heap() -> None:
@@ -270,7 +289,8 @@ def _settle_heap() -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    """`gpt-studio [--config PATH] [--follow RUN_DIR]`: a bad argument is one line, exit 2."""
+    """`gpt-studio [--config PATH] [--follow RUN_DIR | --attach RUN_DIR]`: a bad argument is one
+    line, exit 2."""
     parser = argparse.ArgumentParser(
         prog="gpt-studio",
         description="A terminal studio to configure, train, watch and talk to GPT models.",
@@ -280,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         "--follow",
         metavar="RUN_DIR",
         help="watch a run started elsewhere (python -m engine.train ...) from its metrics.jsonl",
+    )
+    parser.add_argument(
+        "--attach",
+        metavar="RUN_DIR|ADDRESS",
+        help="watch and command a run that is training (left by a studio, or started headless): "
+        "its run folder, or its control address, e.g. unix:/tmp/tiny.sock forwarded by ssh -L",
     )
     parser.add_argument("--version", action="version", version=f"gpt-studio {__version__}")
     args = parser.parse_args(argv)
@@ -293,7 +319,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         if config is None and (follow / "config.toml").is_file():
             config, source = load(follow / "config.toml"), str(follow / "config.toml")
-    StudioApp(config, source, follow=follow).run()
+    attach = args.attach
+    if attach is not None:
+        if follow is not None:
+            raise UsageError("--attach and --follow: give one; --follow only reads metrics.jsonl")
+        folder = Path(attach)
+        if folder.is_dir():
+            if ControlRecord.load(folder) is None:
+                raise UsageError(
+                    f"--attach {folder}: it holds no control.json, so no run trains there now; "
+                    f"to see its curves: gpt-studio --follow {folder}"
+                )
+            if config is None and (folder / "config.toml").is_file():
+                config, source = load(folder / "config.toml"), str(folder / "config.toml")
+        elif not attach.startswith(("unix:", "tcp:")):
+            raise UsageError(
+                f"--attach {attach}: no such run folder; give a run folder such as runs/tiny "
+                "or a control address such as unix:/tmp/tiny.sock"
+            )
+    StudioApp(config, source, follow=follow, attach=attach).run()
     return 0
 
 

@@ -34,7 +34,16 @@ from typing import Any
 from engine import protocol as p
 from engine.config import Config, save
 from studio.link import EngineLink, Target, private_dir
-from studio.messages import ChatExited, ChatNote, ChatReply, EngineExited, RunEvents
+from studio.messages import (
+    ChatExited,
+    ChatNote,
+    ChatReply,
+    Detached,
+    EngineConnected,
+    EngineExited,
+    EngineNote,
+    RunEvents,
+)
 from studio.rundir import MetricsTail
 
 TAIL_LINES = 15
@@ -174,6 +183,83 @@ class TrainJob:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+
+class AttachJob:
+    """Watch and command a run this studio did not start, through its control endpoint.
+
+    The run may have been left training by another studio, or started headless (engine.control
+    says how it listens). `run()` is the body of a worker: it connects, presents the token,
+    posts the run's history and then its live events as `RunEvents`, and `Detached` when the
+    connection ends. Stopping asks the run to stop; leaving just hangs up.
+    """
+
+    def __init__(self, target: Target, address: str, token: str = "") -> None:
+        self.target = target
+        self.address = address
+        self.token = token
+        self.left = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._ended = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._writer is not None and not self._ended.is_set() and not self.left
+
+    async def run(self) -> None:
+        """OSError: nothing listens there (the run has ended, or the address is wrong)."""
+        try:
+            kind, where = p.parse_address(self.address)
+        except p.ProtocolError as err:
+            raise OSError(str(err)) from None
+        if kind == "unix":
+            reader, writer = await asyncio.open_unix_connection(str(where))
+        else:
+            reader, writer = await asyncio.open_connection(*where)  # type: ignore[misc]
+        writer.write(p.encode(p.Hello(token=self.token, pid=os.getpid())))
+        self._writer = writer
+        self.target.post_message(EngineConnected())
+        lines, ended = p.LineBuffer(), False
+        try:
+            while data := await reader.read(1 << 16):
+                events = []
+                for line in lines.feed(data):
+                    try:
+                        events.append(p.decode(line))
+                    except p.ProtocolError as err:
+                        self.target.post_message(EngineNote(f"dropped a message: {err}"))
+                if events:
+                    ended = ended or any(isinstance(e, p.Done) for e in events[-3:])
+                    self.target.post_message(RunEvents(events))
+        except OSError:
+            pass
+        finally:
+            self._writer = None
+            with contextlib.suppress(Exception):
+                writer.close()
+            self._ended.set()
+        if not self.left:
+            self.target.post_message(Detached(finished=ended))
+
+    def send(self, command: p.Command) -> bool:
+        if not self.running or self._writer is None:
+            return False
+        self._writer.write(p.encode(command))
+        return True
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """Ask the run to write a checkpoint and end, and wait until it has hung up."""
+        if self.send(p.Stop()):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), timeout)
+
+    async def leave(self) -> None:
+        """Hang up; the run trains on, as it would with nobody watching."""
+        self.left = True
+        if self._writer is not None:
+            self._writer.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), 2.0)
 
 
 class MetricsFollower:

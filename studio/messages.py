@@ -52,6 +52,13 @@ class EngineExited(Message):
 
 
 @dataclass
+class Detached(Message):
+    """The connection to an attached run ended: it finished (or stopped), or was lost."""
+
+    finished: bool
+
+
+@dataclass
 class ChatReply(Message):
     """One reply line of the chat server: `ready`, `token`, `end` or `error`."""
 
@@ -139,6 +146,13 @@ class AskLive(Message):
 @dataclass
 class ResumeRun(Message):
     """Continue this run from its latest checkpoint in the Train pane."""
+
+    run_dir: Path
+
+
+@dataclass
+class AttachRun(Message):
+    """Watch and command this run, training elsewhere, in the Train pane."""
 
     run_dir: Path
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine import protocol as p
 from engine.config import ConfigError, load, to_dict
+from engine.control import ControlRecord
 
 METRICS = "metrics.jsonl"
 HEAD_BYTES = 1 << 20  # enough for the first start event, whose config makes it the longest line
@@ -70,8 +71,9 @@ class RunInfo:
     max_steps: int
     best_val: float | None
     started: float | None  # epoch seconds of its first start event
-    state: str  # finished | stopped | failed | training? | interrupted | new
+    state: str  # finished | stopped | failed | training | training? | interrupted | new
     checkpoints: bool
+    attachable: bool = False  # it trains now, with a control endpoint a studio can attach to
 
     @property
     def date(self) -> str:
@@ -104,6 +106,8 @@ def read_run(folder: Path) -> RunInfo:
     best = _best_json(folder)
     if best is None and evals:
         best = min(evals)
+    record = ControlRecord.load(folder)
+    attachable = record is not None and record.alive()
     return RunInfo(
         path=folder,
         name=folder.name,
@@ -112,8 +116,9 @@ def read_run(folder: Path) -> RunInfo:
         max_steps=last_start.max_steps if last_start else 0,
         best_val=best,
         started=start.time if start else None,
-        state=_state(folder, tail),
+        state="training" if attachable else _state(folder, tail),
         checkpoints=any((folder / "checkpoints").glob("*.pt")),
+        attachable=attachable,
     )
 
 

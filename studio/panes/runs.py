@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
 from studio.jobs import MetricsFollower
-from studio.messages import ChatWith, ConfigState, ResumeRun, RunEvents
+from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
 from studio.rundir import RunInfo, list_runs, shown_path
 from studio.widgets.runview import RunView
 
@@ -33,6 +33,7 @@ class RunsPane(Vertical):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", tooltip="Show the run's curves and latest sample"),
+        Binding("a", "attach", "Attach", tooltip="Watch and command it while it trains"),
         Binding("r", "resume", "Resume", tooltip="Continue training it from its latest checkpoint"),
         Binding("c", "chat", "Chat", tooltip="Talk to its best checkpoint"),
         Binding("f5", "refresh", "Refresh", tooltip="Read the runs folder again"),
@@ -130,7 +131,9 @@ class RunsPane(Vertical):
         self.query_one("#runs-open-title", Label).update(
             f"{run.name}: {run.shape}, {run.step} steps, best val loss "
             + (f"{run.best_val:.4f}" if run.best_val is not None else "-")
-            + f", {run.state} · r resume · c chat"
+            + f", {run.state} · "
+            + ("a attach · " if run.attachable else "r resume · ")
+            + "c chat"
         )
         self.follower = MetricsFollower(self, run.path, FOLLOW_S)
         self._follow(self.follower)
@@ -142,6 +145,19 @@ class RunsPane(Vertical):
     def on_run_events(self, message: RunEvents) -> None:
         message.stop()
         self.view.add(message.events)
+
+    def action_attach(self) -> None:
+        run = self._chosen()
+        if run is None:
+            return
+        if not run.attachable:
+            self.notify(
+                f"{run.name} is not training now: Enter shows its curves, r resumes it.",
+                severity="error",
+                markup=False,
+            )
+            return
+        self.post_message(AttachRun(run.path))
 
     def action_resume(self) -> None:
         run = self._chosen()

@@ -11,6 +11,7 @@ from the run's metrics.jsonl as it grows, and there is nothing to command.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -25,9 +26,11 @@ from textual.widgets import Button, Static
 
 from engine import protocol as p
 from engine.config import Config
-from studio.jobs import Exit, MetricsFollower, TrainJob, first_error
+from engine.control import ControlRecord
+from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
 from studio.messages import (
     ConfigState,
+    Detached,
     EngineConnected,
     EngineExited,
     EngineNote,
@@ -85,7 +88,8 @@ class TrainPane(Vertical):
         super().__init__(id=id)
         self.can_focus = True
         self.config_state: ConfigState | None = None  # the Config pane's, as the App holds it
-        self.job: TrainJob | None = None
+        self.job: TrainJob | AttachJob | None = None  # the run we command: ours, or attached
+        self.left: Path | None = None  # the run folder of a run left training at quit
         # argv for the engine's arguments; None: python -m engine.train (a benchmark or a test
         # puts a stand-in engine here)
         self.engine_command: Callable[[list[str]], list[str]] | None = None
@@ -284,13 +288,77 @@ class TrainPane(Vertical):
         if answer is None:
             return False
         if answer == "leave":
-            run_dir = self.run_dir
+            self.left = self.run_dir
             await self.job.leave()
-            self.notify(f"{self.run_name} trains on; follow it: gpt-studio --follow {run_dir}")
             return True
         self.state = RunState.STOPPING
         await self.job.stop()
         return True
+
+    # -- attach to a run training elsewhere ------------------------------------------------
+
+    def attach(self, where: str | Path) -> bool:
+        """Watch and command a run started elsewhere: its folder (RUN_DIR/control.json says
+        where it listens) or its control address (unix:PATH, tcp:HOST:PORT, e.g. forwarded
+        over ssh). False, with the reason shown, when there is nothing to attach to."""
+        if self.state is not RunState.IDLE:
+            self.notify("A run is already going in the Train pane.", severity="error")
+            return False
+        where = str(where)
+        run_dir: Path | None = Path(where) if Path(where).is_dir() else None
+        if run_dir is not None:
+            record = ControlRecord.load(run_dir)
+            if record is None or not record.alive():
+                self.notify(
+                    f"{run_dir} is not training now (no live control endpoint): open it in the "
+                    "Runs pane to see its curves, or resume it",
+                    title="Nothing to attach to",
+                    severity="error",
+                    markup=False,
+                )
+                return False
+            address, token, name = record.address, record.token, run_dir.name
+        else:
+            address, token, name = where, os.environ.get(p.TOKEN_ENV, ""), where
+        self.workers.cancel_group(self, "train-follow")
+        self.follower = None
+        self.view.reset(name, run_dir, waiting=True)
+        self.last_exit = None
+        self.state = RunState.STARTING
+        self.view.write(f"attaching to {name} at {address}")
+        self.job = AttachJob(self, address, token)
+        self._run_attached(self.job)
+        self.post_message(RunChanged(name, run_dir))
+        return True
+
+    @work(group="train-job", exclusive=True, exit_on_error=False)
+    async def _run_attached(self, job: AttachJob) -> None:
+        try:
+            await job.run()
+        except OSError as err:
+            self.view.write(f"could not attach: {err}", error=True)
+            self.notify(f"could not attach: {err}", severity="error", markup=False)
+            self._ended()
+
+    def on_detached(self, message: Detached) -> None:
+        message.stop()
+        self.view.flush()
+        done = self.view.last(p.Done)
+        if message.finished and done is not None:
+            self.view.write(f"the run ended ({done.reason} at step {done.step})")
+        else:
+            where = self.run_dir or (self.job.address if isinstance(self.job, AttachJob) else "")
+            self.view.write(
+                f"lost the connection to the run; if it still trains: gpt-studio --attach {where}",
+                error=True,
+            )
+        self._ended()
+
+    def _ended(self) -> None:
+        self.view.ended()
+        self.job = None
+        self.state = RunState.IDLE
+        self.post_message(RunChanged(None, None))
 
     # -- follow a headless run -------------------------------------------------------------
 
