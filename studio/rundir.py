@@ -188,3 +188,52 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
     except ValueError:
         return str(path)
+
+
+@dataclass
+class RunCurves:
+    """What a comparison needs of one run: its loss curves and its config."""
+
+    path: Path
+    name: str
+    train: list[tuple[int, float]]  # (step, loss)
+    val: list[tuple[int, float]]
+    tokens_per_step: int
+    config: dict
+
+
+def read_curves(folder: Path) -> RunCurves:
+    """A run's whole loss history from its metrics.jsonl (a resumed run's later steps win)."""
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    starts: list[p.Start] = []
+    tail = MetricsTail(folder / METRICS)
+    while events := tail.read_new():
+        _take_curves(events, train, val, starts)
+    start = starts[-1] if starts else None
+    config = start.config if start is not None else {}
+    if not config:
+        try:
+            config = to_dict(load(folder / "config.toml"))
+        except (ConfigError, OSError):
+            config = {}
+    return RunCurves(
+        path=folder,
+        name=folder.name,
+        train=sorted(train.items()),
+        val=sorted(val.items()),
+        tokens_per_step=start.tokens_per_step if start is not None else 0,
+        config=config,
+    )
+
+
+def _take_curves(
+    events: list[p.Event], train: dict[int, float], val: dict[int, float], starts: list[p.Start]
+) -> None:
+    for event in events:
+        if isinstance(event, p.Start):
+            starts.append(event)
+        elif isinstance(event, p.Step) and p.finite_or_none(event.loss) is not None:
+            train[event.step] = event.loss
+        elif isinstance(event, p.Eval) and p.finite_or_none(event.val_loss) is not None:
+            val[event.step] = event.val_loss

@@ -12,9 +12,12 @@ from pathlib import Path
 from test_train import corpus
 from textual.pilot import Pilot
 
+from engine import protocol as p
+from engine.config import load_preset, save, to_dict
 from studio.app import StudioApp
 from studio.panes.train import TrainPane
 
+T0 = 1_790_000_000.0  # 2026-09-21 14:13:20 UTC
 FAKE_ENGINE = Path(__file__).resolve().parent / "fake_engine.py"
 SIZE = (120, 40)
 
@@ -88,3 +91,32 @@ def log_text(app: StudioApp) -> str:
 def fake_engine(pane: TrainPane) -> None:
     """Train with tests/fake_engine.py: the protocol without torch, a second not ten."""
     pane.engine_command = lambda args: [sys.executable, str(FAKE_ENGINE), *args]
+
+
+def finished_run(folder: Path, lr: float = 1e-3, pace: float = 0.993) -> Path:
+    """A run folder as the engine leaves it after 300 steps, with fixed times and figures."""
+    config = load_preset("tiny")
+    config.name, config.train.max_steps, config.train.lr = folder.name, 300, lr
+    folder.mkdir(parents=True)
+    save(config, folder / "config.toml")
+    events: list[p.Event] = [
+        p.Start(run=folder.name, config=to_dict(config), params=811_200, device="cpu",
+                dtype="float32", max_steps=300, tokens_per_step=8192, time=T0),
+    ]  # fmt: skip
+    for step in range(10, 301, 10):
+        events.append(
+            p.Step(step=step, loss=4.2 * pace**step + 1.3, lr=lr * min(1.0, step / 50),
+                   grad_norm=1.5 * 0.996**step, tokens_per_s=41_000.0 + 40 * (step % 70),
+                   step_ms=200.0, mfu=None, mem_gb=0.61, tokens=8192 * step,
+                   eta_s=0.2 * (300 - step), time=T0 + step)
+        )  # fmt: skip
+        if step % 100 == 0:
+            loss = 4.2 * pace**step + 1.4
+            events.append(p.Eval(step=step, val_loss=loss, ppl=2.718**loss, time=T0 + step))
+            events.append(p.Sample(step=step, prompt="The ", text="king hath said to thee,\n"
+                                   "and all the world", time=T0 + step))  # fmt: skip
+    events.append(p.Checkpoint(step=300, path=str(folder / "checkpoints/step_00000300.pt"),
+                               best=True, val_loss=1.48, time=T0 + 300))  # fmt: skip
+    events.append(p.Done(step=300, reason="finished", elapsed_s=64.0, time=T0 + 301))
+    (folder / "metrics.jsonl").write_bytes(b"".join(p.encode(e) for e in events))
+    return folder

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from studio_helpers import finished_run
 from textual.pilot import Pilot
 from textual.widgets import Input
 
 from engine import protocol as p
-from engine.config import load_preset, save, to_dict
+from engine.config import load_preset
 from studio.app import StudioApp
 
 SIZE = (120, 40)
-T0 = 1_790_000_000.0  # 2026-09-21 14:13:20 UTC
 CORPUS = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 
 
@@ -33,35 +33,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     yield tmp_path
     monkeypatch.undo()
     time.tzset()
-
-
-def finished_run(folder: Path) -> Path:
-    """A run folder as the engine leaves it after 300 steps, with fixed times and figures."""
-    config = load_preset("tiny")
-    config.name, config.train.max_steps = folder.name, 300
-    folder.mkdir(parents=True)
-    save(config, folder / "config.toml")
-    events: list[p.Event] = [
-        p.Start(run=folder.name, config=to_dict(config), params=811_200, device="cpu",
-                dtype="float32", max_steps=300, tokens_per_step=8192, time=T0),
-    ]  # fmt: skip
-    for step in range(10, 301, 10):
-        events.append(
-            p.Step(step=step, loss=4.2 * 0.993**step + 1.3, lr=1e-3 * min(1.0, step / 50),
-                   grad_norm=1.5 * 0.996**step, tokens_per_s=41_000.0 + 40 * (step % 70),
-                   step_ms=200.0, mfu=None, mem_gb=0.61, tokens=8192 * step,
-                   eta_s=0.2 * (300 - step), time=T0 + step)
-        )  # fmt: skip
-        if step % 100 == 0:
-            loss = 4.2 * 0.993**step + 1.4
-            events.append(p.Eval(step=step, val_loss=loss, ppl=2.718**loss, time=T0 + step))
-            events.append(p.Sample(step=step, prompt="The ", text="king hath said to thee,\n"
-                                   "and all the world", time=T0 + step))  # fmt: skip
-    events.append(p.Checkpoint(step=300, path=str(folder / "checkpoints/step_00000300.pt"),
-                               best=True, val_loss=1.48, time=T0 + 300))  # fmt: skip
-    events.append(p.Done(step=300, reason="finished", elapsed_s=64.0, time=T0 + 301))
-    (folder / "metrics.jsonl").write_bytes(b"".join(p.encode(e) for e in events))
-    return folder
 
 
 async def until(pilot: Pilot, predicate, timeout: float = 60.0) -> None:
@@ -136,5 +107,21 @@ def test_runs_pane_with_a_finished_run_open(snap_compare, workdir):
         await pilot.press("enter")
         await until(pilot, lambda: app.runs_pane.view.last(p.Done) is not None)
         await settle(app.runs_pane.view, pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_runs_pane_comparing_two_runs(snap_compare, workdir):
+    finished_run(Path("runs/slow"), lr=1e-3, pace=0.995)
+    finished_run(Path("runs/fast"), lr=3e-3, pace=0.990)
+    app = StudioApp()
+
+    async def run_before(pilot: Pilot) -> None:
+        await steady(pilot)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: len(app.runs_pane.runs) == 2)
+        await pilot.press("space", "down", "space", "v")
+        await until(pilot, lambda: len(app.runs_pane.compare.runs) == 2)
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -20,22 +20,30 @@ from textual.widgets import DataTable, Label
 
 from studio.jobs import MetricsFollower
 from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
-from studio.rundir import RunInfo, list_runs, shown_path
+from studio.rundir import RunCurves, RunInfo, list_runs, read_curves, shown_path
+from studio.widgets.charts import RunCharts
+from studio.widgets.compare import CompareView
 from studio.widgets.runview import RunView
 
 REFRESH_S = 3.0
 FOLLOW_S = 1.0
-COLUMNS = ("run", "model", "steps", "best val loss", "state", "started")
+COLUMNS = ("run", "model", "steps", "best val loss", "state", "started", "compare")
+MARK = "●"
 
 
 class RunsPane(Vertical):
-    """A table of runs above the curves of the one that is open."""
+    """A table of runs above the curves of the one that is open, or of the marked ones."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", tooltip="Show the run's curves and latest sample"),
         Binding("a", "attach", "Attach", tooltip="Watch and command it while it trains"),
         Binding("r", "resume", "Resume", tooltip="Continue training it from its latest checkpoint"),
         Binding("c", "chat", "Chat", tooltip="Talk to its best checkpoint"),
+        Binding("space", "mark", "Mark", tooltip="Mark the run for a comparison, or unmark it"),
+        Binding("v", "compare", "Compare", tooltip="Overlay the marked runs' curves; diff configs"),
+        Binding("t", "x_axis", "x: step/tokens", tooltip="Compare by step or by tokens seen"),
+        Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
+        Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
         Binding("f5", "refresh", "Refresh", tooltip="Read the runs folder again"),
     ]
 
@@ -45,6 +53,7 @@ class RunsPane(Vertical):
         self.runs: list[RunInfo] = []
         self.opened: Path | None = None
         self.follower: MetricsFollower | None = None
+        self.marked: set[Path] = set()  # runs chosen for a comparison
 
     def compose(self) -> ComposeResult:
         yield Label("", id="runs-title", markup=False)
@@ -52,6 +61,11 @@ class RunsPane(Vertical):
         with Horizontal(id="runs-detail-head"):
             yield Label("Open a run (Enter) to see its curves", id="runs-open-title", markup=False)
         yield RunView(id="runs-view")
+        yield CompareView(id="runs-compare")
+
+    @property
+    def compare(self) -> CompareView:
+        return self.query_one(CompareView)
 
     @property
     def table(self) -> DataTable:
@@ -64,6 +78,7 @@ class RunsPane(Vertical):
     def on_mount(self) -> None:
         for column in COLUMNS:
             self.table.add_column(column, key=column)
+        self.compare.display = False
         self.set_interval(REFRESH_S, self._refresh_if_shown)
         self.watch(self.app, "config", self._config_changed)
         self.action_refresh()
@@ -97,7 +112,10 @@ class RunsPane(Vertical):
         for run in runs:
             best = f"{run.best_val:.4f}" if run.best_val is not None else "-"
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(run.name, run.shape, steps, best, run.state, run.date, key=str(run.path))
+            mark = MARK if run.path in self.marked else ""
+            table.add_row(
+                run.name, run.shape, steps, best, run.state, run.date, mark, key=str(run.path)
+            )
         if chosen is not None:
             keys = [str(r.path) for r in runs]
             if str(chosen) in keys:
@@ -127,6 +145,7 @@ class RunsPane(Vertical):
             self.notify("No run chosen: train one first, or pick a row.", severity="warning")
             return
         self.opened = run.path
+        self.compare.display, self.view.display = False, True
         self.view.reset(run.name, run.path)
         self.query_one("#runs-open-title", Label).update(
             f"{run.name}: {run.shape}, {run.step} steps, best val loss "
@@ -145,6 +164,57 @@ class RunsPane(Vertical):
     def on_run_events(self, message: RunEvents) -> None:
         message.stop()
         self.view.add(message.events)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "x_axis":
+            return self.compare.display
+        if action == "compare":
+            return len(self.marked) >= 2
+        return True
+
+    def action_mark(self) -> None:
+        run = self._chosen()
+        if run is None:
+            return
+        self.marked ^= {run.path}
+        mark = MARK if run.path in self.marked else ""
+        self.table.update_cell(str(run.path), "compare", mark)
+        self.refresh_bindings()
+
+    @work(exclusive=True, group="runs-compare", thread=True)
+    def action_compare(self) -> None:
+        """Read the marked runs' whole histories (in a thread: whole files) and overlay them."""
+        paths = [r.path for r in self.runs if r.path in self.marked]
+        if len(paths) < 2:
+            self.app.call_from_thread(
+                self.notify, "Mark two runs or more first (space).", severity="warning"
+            )
+            return
+        curves = [read_curves(path) for path in paths]
+        self.app.call_from_thread(self._show_comparison, curves)
+
+    def _show_comparison(self, curves: list[RunCurves]) -> None:
+        self.workers.cancel_group(self, "runs-follow")
+        self.opened, self.follower = None, None
+        self.view.display, self.compare.display = False, True
+        self.compare.show(curves)
+        self.query_one("#runs-open-title", Label).update(
+            f"{len(curves)} runs compared · Enter opens one · space marks · t x axis"
+        )
+        self.refresh_bindings()
+
+    def action_x_axis(self) -> None:
+        self.compare.toggle_x()
+
+    def action_log_scale(self) -> None:
+        self.view.charts.toggle_log()
+        chart = self.compare.chart
+        chart.set_view(log_y=not chart.log_y, smooth=chart.smooth)
+
+    def action_smooth(self) -> None:
+        self.view.charts.toggle_smooth()
+        chart = self.compare.chart
+        chart.set_view(log_y=chart.log_y, smooth=0.0 if chart.smooth else RunCharts.SMOOTH)
 
     def action_attach(self) -> None:
         run = self._chosen()

@@ -80,6 +80,8 @@ class TrainPane(Vertical):
         Binding("p", "resume", "Resume", tooltip="Continue the paused run"),
         Binding("x", "stop", "Stop", tooltip="Write a checkpoint, then end the run"),
         Binding("c", "save", "Save now", tooltip="Write a checkpoint now and go on"),
+        Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
+        Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
     ]
 
     state: reactive[RunState] = reactive(RunState.IDLE)
@@ -227,6 +229,12 @@ class TrainPane(Vertical):
             self.job = None
             self.state = RunState.IDLE
             self.post_message(RunChanged(None, None))
+
+    def action_log_scale(self) -> None:
+        self.view.charts.toggle_log()
+
+    def action_smooth(self) -> None:
+        self.view.charts.toggle_smooth()
 
     def action_pause(self) -> None:
         if self._send(p.Pause()):
