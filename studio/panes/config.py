@@ -32,8 +32,9 @@ from engine.config import (
     presets,
     save,
 )
+from studio.command import headless_command
 from studio.messages import ConfigChanged, ConfigState
-from studio.widgets.dialogs import ConfirmDialog, PathDialog
+from studio.widgets.dialogs import CommandDialog, ConfirmDialog, PathDialog
 from studio.widgets.form import FieldRow
 from studio.widgets.summary import ConfigSummary
 
@@ -106,6 +107,7 @@ class ConfigPane(Vertical):
         Binding("ctrl+s", "save_as", "Save as", tooltip="Write this config to a TOML file"),
         Binding("ctrl+o", "open", "Open", tooltip="Replace the form with a TOML config file"),
         Binding("f8", "next_problem", "Next problem", tooltip="Jump to the next field at fault"),
+        Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
         *[
             Binding(
                 key,
@@ -292,6 +294,17 @@ class ConfigPane(Vertical):
         current = next((k for k in keys if self._rows[k].editor is focused), None)
         after = keys[(keys.index(current) + 1) % len(keys)] if current else keys[0]
         self._rows[after].editor.focus()
+
+    def action_show_command(self) -> None:
+        """The `python -m engine.train ...` line that trains what the form holds, on a server."""
+        if self._refuse_invalid("show the command"):
+            return
+        self.app.push_screen(
+            CommandDialog(
+                "Train this config headless (from this folder, or a clone on a server):",
+                headless_command(self._config, self._source),
+            )
+        )
 
     @work(exclusive=True, group="config-file")
     async def action_save_as(self) -> None:

@@ -27,6 +27,7 @@ from textual.widgets import Button, Static
 from engine import protocol as p
 from engine.config import Config
 from engine.control import ControlRecord
+from studio.command import headless_command
 from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
 from studio.messages import (
     ConfigState,
@@ -40,7 +41,7 @@ from studio.messages import (
     SampleAnswered,
     ValuesChosen,
 )
-from studio.widgets.dialogs import ChoiceDialog
+from studio.widgets.dialogs import ChoiceDialog, CommandDialog
 from studio.widgets.runview import RunView
 
 FOLLOW_S = 0.5
@@ -80,6 +81,7 @@ class TrainPane(Vertical):
         Binding("p", "resume", "Resume", tooltip="Continue the paused run"),
         Binding("x", "stop", "Stop", tooltip="Write a checkpoint, then end the run"),
         Binding("c", "save", "Save now", tooltip="Write a checkpoint now and go on"),
+        Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
         Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
         Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
     ]
@@ -229,6 +231,19 @@ class TrainPane(Vertical):
             self.job = None
             self.state = RunState.IDLE
             self.post_message(RunChanged(None, None))
+
+    def action_show_command(self) -> None:
+        """The headless command line for the Config pane's config, to run it on a server."""
+        state = self.config_state
+        if state is None or state.errors:
+            self._refuse_invalid()
+            return
+        self.app.push_screen(
+            CommandDialog(
+                "Train this config headless (from this folder, or a clone on a server):",
+                headless_command(state.config, state.source),
+            )
+        )
 
     def action_log_scale(self) -> None:
         self.view.charts.toggle_log()

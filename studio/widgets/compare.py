@@ -7,19 +7,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
+from studio.command import flatten
 from studio.rundir import RunCurves
 from studio.widgets.charts import Chart, Series
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"train": {"lr": 3e-4}} -> {"train.lr": 3e-4}: the keys as --section.key names them."""
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_differences(configs: list[dict]) -> list[tuple[str, list[str]]]:

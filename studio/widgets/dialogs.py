@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input, Label, TextArea
 
 TCSS = Path(__file__).with_name("dialogs.tcss")  # absolute: subclasses may live elsewhere
 
@@ -119,4 +119,36 @@ class ChoiceDialog(ModalScreen[str | None]):
         self.dismiss(button_id.removeprefix("choice-") if button_id != "cancel" else None)
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class CommandDialog(ModalScreen[None]):
+    """A command line to copy: selectable text, and a button that puts it on the clipboard
+    (through the terminal, so it works over ssh too)."""
+
+    CSS_PATH = TCSS
+    AUTO_FOCUS = "#copy"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
+
+    def __init__(self, title: str, command: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.command = command
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog command-dialog"):
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield TextArea(self.command, read_only=True, soft_wrap=True, id="command")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Copy", variant="primary", id="copy")
+                yield Button("Close", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "copy":
+            self.app.copy_to_clipboard(self.command)
+            self.notify("Copied the command to the clipboard.", markup=False)
+        self.dismiss(None)
+
+    def action_close(self) -> None:
         self.dismiss(None)
