@@ -17,6 +17,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from engine.config import (
@@ -90,6 +91,25 @@ def from_editor(cfg: Config, key: str, kind: str, raw: bool | str) -> None:
         raise ConfigError(f'{key} = {raw!r} is not a list of quoted strings, e.g. ["The ", "A "]')
 
 
+def find_field(keys: list[str], typed: str) -> str | None:
+    """The field a person means by `typed`: the key itself, else the one whose own name is it
+    (`lr` is train.lr, not train.min_lr), else the first whose own name begins with it, else
+    the first that contains it anywhere."""
+    typed = typed.strip().lower()
+    if not typed:
+        return None
+    for match in (
+        lambda k: k == typed,
+        lambda k: k.rpartition(".")[2] == typed,
+        lambda k: k.rpartition(".")[2].startswith(typed),
+        lambda k: typed in k,
+    ):
+        found = next((k for k in keys if match(k.lower())), None)
+        if found is not None:
+            return found
+    return None
+
+
 def _reason(key: str, err: ConfigError) -> str:
     """The part of an engine message worth showing beside the field it names."""
     text, marker = str(err), f"{key} = "
@@ -108,6 +128,7 @@ class ConfigPane(Vertical):
         Binding("ctrl+o", "open", "Open", tooltip="Replace the form with a TOML config file"),
         Binding("f8", "next_problem", "Next problem", tooltip="Jump to the next field at fault"),
         Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
+        Binding("f7", "find_field", "Find field", tooltip="Jump to a field by part of its name"),
         *[
             Binding(
                 key,
@@ -294,6 +315,26 @@ class ConfigPane(Vertical):
         current = next((k for k in keys if self._rows[k].editor is focused), None)
         after = keys[(keys.index(current) + 1) % len(keys)] if current else keys[0]
         self._rows[after].editor.focus()
+
+    @work(exclusive=True, group="config-find")
+    async def action_find_field(self) -> None:
+        """Ask for part of a field's name and put the cursor in the field it names."""
+        keys = list(self._rows)
+        answer = await self.app.push_screen_wait(
+            PathDialog(
+                "Go to the field named (part of it is enough, e.g. max_steps or lr):",
+                action="Go",
+                placeholder="part of a field name",
+                suggester=SuggestFromList(keys, case_sensitive=False),
+            )
+        )
+        if not answer:
+            return
+        key = find_field(keys, answer)
+        if key is None:
+            self.notify(f"no field is named like {answer!r}", severity="warning", markup=False)
+            return
+        self.focus_field(key)
 
     def action_show_command(self) -> None:
         """The `python -m engine.train ...` line that trains what the form holds, on a server."""

@@ -41,10 +41,11 @@ from studio.messages import (
     SampleAnswered,
     ValuesChosen,
 )
-from studio.widgets.dialogs import ChoiceDialog, CommandDialog
+from studio.widgets.dialogs import ChoiceDialog, CommandDialog, PathDialog
 from studio.widgets.runview import RunView
 
 FOLLOW_S = 0.5
+SAMPLE_NOW = "train-ask-"  # the id prefix of samples asked for here, shown with the others
 
 
 class RunState(Enum):
@@ -81,6 +82,7 @@ class TrainPane(Vertical):
         Binding("p", "resume", "Resume", tooltip="Continue the paused run"),
         Binding("x", "stop", "Stop", tooltip="Write a checkpoint, then end the run"),
         Binding("c", "save", "Save now", tooltip="Write a checkpoint now and go on"),
+        Binding("n", "sample_now", "Sample now", tooltip="Ask the run for a sample of a prompt"),
         Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
         Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
         Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
@@ -100,6 +102,8 @@ class TrainPane(Vertical):
         self.follower: MetricsFollower | None = None
         self.last_exit: Exit | None = None
         self.notes: list[str] = []  # what went wrong on the wire, as logged
+        self._asked = 0  # samples asked for with `n`
+        self._last_prompt = ""
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class TrainPane(Vertical):
             return self.state is RunState.TRAINING
         if action == "resume":
             return self.state is RunState.PAUSED
-        if action in ("stop", "save"):
+        if action in ("stop", "save", "sample_now"):
             return self.state in (RunState.TRAINING, RunState.PAUSED)
         return True
 
@@ -231,6 +235,26 @@ class TrainPane(Vertical):
             self.job = None
             self.state = RunState.IDLE
             self.post_message(RunChanged(None, None))
+
+    @work(exclusive=True, group="train-sample")
+    async def action_sample_now(self) -> None:
+        """Ask for a prompt; the run answers between two steps, in the samples box."""
+        prompt = await self.app.push_screen_wait(
+            PathDialog(
+                "Sample the live weights now, continuing this prompt:",
+                self._last_prompt,
+                action="Sample",
+                placeholder="a prompt, e.g. The ",
+            )
+        )
+        if not prompt:
+            return
+        self._last_prompt = prompt
+        self._asked += 1
+        request_id = f"{SAMPLE_NOW}{self._asked}"
+        tokens = self.config_state.config.train.sample_tokens if self.config_state else 200
+        if self._send(p.SampleRequest(prompt=prompt, max_tokens=tokens, id=request_id)):
+            self.view.write(f"asked for a sample of {prompt!r}")
 
     def action_show_command(self) -> None:
         """The headless command line for the Config pane's config, to run it on a server."""
@@ -405,6 +429,8 @@ class TrainPane(Vertical):
         for event in message.events:
             if isinstance(event, p.Start) and self.state is RunState.STARTING:
                 self.state = RunState.TRAINING
+            elif isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
+                self.view.show_sample(event)
             elif isinstance(event, p.Sample) and event.id:
                 self.post_message(SampleAnswered(event))
             elif isinstance(event, p.Log) and event.level == "info":

@@ -13,28 +13,42 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
+from textual.suggester import Suggester
 from textual.widgets import Button, Input, Label, TextArea
 
 TCSS = Path(__file__).with_name("dialogs.tcss")  # absolute: subclasses may live elsewhere
 
 
 class PathDialog(ModalScreen[str | None]):
-    """Ask for a file path; None when the user backs out."""
+    """Ask for a line of text (a file path, unless told otherwise); None when the user backs
+    out. `suggester` completes what is typed (the Config pane's field names)."""
 
     CSS_PATH = TCSS
     AUTO_FOCUS = "#path"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, value: str = "", *, action: str = "OK") -> None:
+    def __init__(
+        self,
+        title: str,
+        value: str = "",
+        *,
+        action: str = "OK",
+        placeholder: str = "path/to/config.toml",
+        suggester: Suggester | None = None,
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.initial = value
         self.action_label = action
+        self.placeholder = placeholder
+        self.suggester = suggester
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title", markup=False)
-            yield Input(self.initial, placeholder="path/to/config.toml", id="path")
+            yield Input(
+                self.initial, placeholder=self.placeholder, suggester=self.suggester, id="path"
+            )
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.action_label, variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")

@@ -44,6 +44,7 @@ class RunView(Vertical):
         self.log_lines: list[str] = []  # everything written to the log, unwrapped
         self._inbox: list[p.Event] = []
         self._unwritten: list[Text] = []  # log lines waiting for the log to have a width
+        self._samples_new = False  # a sample asked for by hand waits to be shown
         self._last: dict[type[p.Event], p.Event] = {}
 
     # -- the widgets -----------------------------------------------------------------------
@@ -126,6 +127,11 @@ class RunView(Vertical):
             elif isinstance(event, p.Sample) and not event.id:
                 self.samples.append(event)
 
+    def show_sample(self, sample: p.Sample) -> None:
+        """A sample asked for by hand: shown with the run's own, at the next flush."""
+        self.samples.append(sample)
+        self._samples_new = True
+
     def last(self, kind: type[E]) -> E | None:
         """The latest event of a kind that was shown, e.g. `last(p.Done)`."""
         event = self._last.get(kind)
@@ -159,7 +165,7 @@ class RunView(Vertical):
     def flush(self) -> None:
         """Apply the events that arrived since the last flush, in order."""
         self._write_out()
-        if not self._inbox:
+        if not self._inbox and not self._samples_new:
             return
         events, self._inbox = self._inbox, []
         for event in events:
@@ -171,7 +177,8 @@ class RunView(Vertical):
                     isinstance(event, p.Log) and event.level != "info"
                 )
                 self.write(line, error=bad)
-        if any(isinstance(e, p.Sample) and not e.id for e in events):
+        if self._samples_new or any(isinstance(e, p.Sample) and not e.id for e in events):
+            self._samples_new = False
             self._show_samples()
         self._show_figures()
 
@@ -187,7 +194,7 @@ class RunView(Vertical):
 
     def _show_samples(self) -> None:
         latest = self.samples[-1].step
-        shown = [s for s in self.samples if s.step == latest]
+        shown = [s for s in self.samples if s.step == latest] or [self.samples[-1]]
         self.samples_text.update("\n\n".join(render_sample(s) for s in shown))
 
     def _show_figures(self) -> None:

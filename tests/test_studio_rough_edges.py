@@ -1,0 +1,55 @@
+"""Small things a new user hits: finding a field by name, asking the run for a sample now."""
+
+from __future__ import annotations
+
+import pytest
+from studio_helpers import RecordingApp, drive, fake_engine, small_run, until
+from textual.pilot import Pilot
+
+from studio.panes.config import find_field
+from studio.panes.train import RunState
+from studio.widgets.dialogs import PathDialog
+
+pytestmark = pytest.mark.usefixtures("engine_on_path")
+
+
+def test_a_field_is_found_by_part_of_its_name():
+    keys = ["name", "train.lr", "train.min_lr", "train.max_steps", "model.n_layer", "log.interval"]
+    assert find_field(keys, "lr") == "train.lr"  # its own name, not min_lr
+    assert find_field(keys, "max") == "train.max_steps"
+    assert find_field(keys, "LAYER") == "model.n_layer"
+    assert find_field(keys, "train.min_lr") == "train.min_lr"
+    assert find_field(keys, "nothing like it") is None and find_field(keys, " ") is None
+
+
+def test_f7_jumps_to_a_field_typed_by_name():
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        await pilot.press("f7")
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the question")
+        await pilot.press(*"max_st", "enter")
+        row = app.config_pane.query_one("#field-train-max_steps")
+        await until(pilot, lambda: app.focused is row.editor, "the cursor in train.max_steps")
+
+    drive(test)
+
+
+def test_n_asks_the_run_for_a_sample_now_and_shows_it_with_the_others(tmp_path):
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        app.config_pane.set_values(small_run(tmp_path))
+        train = app.train_pane
+        fake_engine(train)
+        await pilot.press("ctrl+t")
+        assert not train.check_action("sample_now", ())  # no run to ask yet
+        await pilot.press("s")
+        await until(pilot, lambda: train.state is RunState.TRAINING and train.step, "steps")
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the prompt")
+        await pilot.press(*"Once upon", "enter")
+        shown = train.view.samples_text
+        await until(pilot, lambda: "Once upon and so on" in str(shown.content), "the sample")
+        assert "· 'Once upon'" in str(shown.content)
+        assert not app.chat_pane.history  # it is the Train pane's, not a chat answer
+        await pilot.press("x")
+        await until(pilot, lambda: train.state is RunState.IDLE, "the stop")
+
+    drive(test)
