@@ -13,6 +13,7 @@ choices go into the Config pane's form as `ValuesChosen`. Which run trains now i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 from collections.abc import Iterable
 from functools import partial
@@ -25,13 +26,15 @@ from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent, TabPane
 
 from engine import __version__
-from engine.config import Config, ConfigError, load
+from engine.config import Config, ConfigError, load, save
 from engine.control import ControlRecord
 from engine.errors import UsageError, cli_entry
+from studio.machine import last_config_path
 from studio.messages import (
     AskLive,
     AttachRun,
@@ -110,6 +113,7 @@ class StudioApp(App[None]):
         self._initial = (config, source)
         self.follow_dir = follow
         self.attach_to = attach  # a run folder or a control address
+        self._remember: Timer | None = None
 
     def get_default_screen(self) -> Screen:
         return PanesScreen(id="_default")
@@ -212,6 +216,20 @@ class StudioApp(App[None]):
 
     def on_config_changed(self, message: ConfigChanged) -> None:
         self.config = message.state
+        if message.state.valid:  # remembered for the next session, a second after typing stops
+            if self._remember is not None:
+                self._remember.stop()
+            self._remember = self.set_timer(1.0, self._save_last_config)
+
+    def _save_last_config(self) -> None:
+        if self.config is None:
+            return
+        path = last_config_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(self.config.config, path, overwrite=True)
+        except (OSError, ConfigError):
+            pass  # remembering is a convenience: a read-only home costs nothing else
 
     def on_values_chosen(self, message: ValuesChosen) -> None:
         self.config_pane.set_values(message.values)
@@ -337,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"--attach {attach}: no such run folder; give a run folder such as runs/tiny "
                 "or a control address such as unix:/tmp/tiny.sock"
             )
+    if config is None and last_config_path().is_file():  # where the last session left off
+        with contextlib.suppress(ConfigError):  # one that no longer loads is forgotten
+            config, source = load(last_config_path()), str(last_config_path())
     StudioApp(config, source, follow=follow, attach=attach).run()
     return 0
 

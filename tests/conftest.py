@@ -24,3 +24,9 @@ def engine_on_path(monkeypatch):
     """Engine subprocesses the studio starts import this checkout's engine, whatever is
     installed."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def studio_state_home(tmp_path_factory, monkeypatch):
+    """The studio remembers the last config under $XDG_CONFIG_HOME: never the user's own."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))

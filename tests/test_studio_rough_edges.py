@@ -8,7 +8,7 @@ from textual.pilot import Pilot
 
 from studio.panes.config import find_field
 from studio.panes.train import RunState
-from studio.widgets.dialogs import PathDialog
+from studio.widgets.dialogs import ChoiceDialog, PathDialog
 
 pytestmark = pytest.mark.usefixtures("engine_on_path")
 
@@ -53,3 +53,48 @@ def test_n_asks_the_run_for_a_sample_now_and_shows_it_with_the_others(tmp_path):
         await until(pilot, lambda: train.state is RunState.IDLE, "the stop")
 
     drive(test)
+
+
+def test_a_config_bigger_than_the_machine_warns_with_both_figures_before_starting(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("studio.panes.train.device_memory", lambda device: (1 << 20, "RAM"))
+
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        app.config_pane.set_values(small_run(tmp_path))
+        train = app.train_pane
+        fake_engine(train)
+        await pilot.press("ctrl+t", "s")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceDialog), "the warning")
+        question = app.screen.question
+        assert "this machine has 1.0 MiB of RAM" in question or "1 MiB of RAM" in question
+        assert "needs about" in question
+        await pilot.press("escape")  # don't start
+        await until(pilot, lambda: not isinstance(app.screen, ChoiceDialog), "the dialog to go")
+        assert train.job is None and train.state is RunState.IDLE
+
+    drive(test)
+
+
+def test_the_last_valid_config_is_remembered_for_the_next_studio(tmp_path, monkeypatch):
+    from engine.config import load
+    from studio.machine import last_config_path
+
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        app.config_pane.set_values({"train.max_steps": "4321"})
+        await until(pilot, lambda: remembered() == 4321, "the config to be remembered")
+
+    def remembered() -> int | None:
+        try:
+            return load(last_config_path()).train.max_steps
+        except (OSError, ValueError):
+            return None
+
+    drive(test)
+    opened = []
+    monkeypatch.setattr("studio.app.StudioApp.run", lambda self: opened.append(self._initial))
+    from studio.app import main
+
+    assert main([]) == 0
+    config, source = opened[0]
+    assert config.train.max_steps == 4321 and source == str(last_config_path())

@@ -10,6 +10,7 @@ from the run's metrics.jsonl as it grows, and there is nothing to command.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from textual.reactive import reactive
 from textual.widgets import Button, Static
 
 from engine import protocol as p
-from engine.config import Config
+from engine.config import Config, human, summary
 from engine.control import ControlRecord
 from studio.command import headless_command
 from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
+from studio.machine import device_memory
 from studio.messages import (
     ConfigState,
     Detached,
@@ -210,7 +212,27 @@ class TrainPane(Vertical):
                 config.name = fresh
                 self.post_message(ValuesChosen({"name": fresh}))
             resume = answer == "resume"
+        if not await self._fits(config):
+            return
         self.start_run(config, resume=resume)
+
+    async def _fits(self, config: Config) -> bool:
+        """A config whose memory estimate exceeds the device's is started only when the user
+        says so, having seen both figures."""
+        need = summary(config)["memory"]["total"]
+        have, what = await asyncio.to_thread(device_memory, config.train.device)
+        if have is None or need <= have:
+            return True
+        answer = await self.app.push_screen_wait(
+            ChoiceDialog(
+                f"Training {config.name} needs about {human(need, 'B')} of memory (the Config "
+                f"pane's estimate); this machine has {human(have, 'B')} of {what}. It will "
+                "likely run out. Start anyway?",
+                [("start", "Start anyway")],
+                cancel="Don't start",
+            )
+        )
+        return answer == "start"
 
     def start_run(self, config: Config, *, resume: bool = False) -> None:
         """Start `config` as a training subprocess (continuing its run when `resume`)."""
