@@ -11,6 +11,7 @@ from engine import checkpoint, generate
 from engine.config import Config, ModelConfig
 from engine.errors import UsageError
 from engine.generate import IncrementalDecoder, Sampling, Stream, choose, decode
+from engine.generate import __main__ as generate_cli
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer
 
@@ -307,7 +308,7 @@ def run_dir(tmp_path_factory, bpe):
 def cli(argv, capsys, stdin: str | None = None, monkeypatch=None):
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = generate.main([str(a) for a in argv])
+    code = generate_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -388,7 +389,7 @@ def test_the_decoding_layout_keeps_shapes_and_outputs():
 
 def test_cli_uses_the_decoding_layout_only_for_a_single_row(run_dir, capsys, tmp_path, monkeypatch):
     used = []
-    monkeypatch.setattr(generate, "decoding_layout", lambda model: used.append(model) or model)
+    monkeypatch.setattr(generate_cli, "decoding_layout", lambda model: used.append(model) or model)
     cli([run_dir, "--prompt", "The cat", "--max-tokens", 2], capsys)
     assert len(used) == 1
     prompts = tmp_path / "two.txt"

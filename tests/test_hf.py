@@ -13,6 +13,7 @@ import torch
 from engine import checkpoint, export, generate, hf
 from engine.config import ModelConfig, padded_vocab
 from engine.errors import UsageError
+from engine.generate import __main__ as generate_cli
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 
@@ -155,7 +156,7 @@ def test_an_hf_directory_loads_in_the_shape_of_a_checkpoint(tmp_path, bpe):
 def test_generate_cli_samples_from_an_hf_directory(tmp_path, bpe, capsys):
     hf_gpt2(tmp_path, bpe)
     argv = [f"hf:{tmp_path}", "--prompt", "The cat", "--max-tokens", "8", "--temperature", "0"]
-    assert generate.main(argv) == 0
+    assert generate_cli.main(argv) == 0
     model = checkpoint.build_model(checkpoint.load_weights(f"hf:{tmp_path}"))
     expected = generate.generate(model, bpe, "The cat", 8, temperature=0)
     assert capsys.readouterr().out == f"The cat{expected}\n"

@@ -26,8 +26,8 @@ from engine.tokenizer import (
     Tokenizer,
     build_tokenizer,
     from_spec,
-    main,
 )
+from engine.tokenizer.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 BPE_VOCAB = 400
