@@ -13,6 +13,7 @@ import torch
 from engine import checkpoint, export, generate, hf
 from engine.config import ModelConfig, padded_vocab
 from engine.errors import UsageError
+from engine.export import __main__ as export_cli
 from engine.generate import __main__ as generate_cli
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
@@ -317,11 +318,11 @@ def test_export_never_writes_into_a_folder_that_holds_files_unless_forced(tmp_pa
     out = tmp_path / "hf"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert export.main([str(tmp_path / "ckpt.pt"), str(out)]) == 2
+    assert export_cli.main([str(tmp_path / "ckpt.pt"), str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not empty" in err and "--force" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
-    assert export.main([str(tmp_path / "ckpt.pt"), str(out), "--force"]) == 0
+    assert export_cli.main([str(tmp_path / "ckpt.pt"), str(out), "--force"]) == 0
     assert "exported GPT-2 model" in capsys.readouterr().out
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model.safetensors").is_file()
