@@ -131,7 +131,7 @@ def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(two, ddp, fs
     assert losses(cfg, "fsdp") == pytest.approx(losses(cfg, "ddp"), abs=1e-5, rel=0)
     saved = Path(cfg.out_dir) / "fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
     state = checkpoint.load(saved)
-    assert sorted(state["optimizer"]["state"]) == list(range(len(state["optimizer"]["state"])))
+    assert sorted(adamw := state["optimizer"]["adamw"]["state"]) == list(range(len(adamw)))
     resumed = train(one_process(cfg, "resumed-fsdp"), resume=str(saved), quiet=True).losses
     assert resumed == pytest.approx(reference[HALF:], abs=1e-5, rel=0)
     assert "sample at step 8" in fsdp  # gathered from the shards onto rank 0
@@ -205,7 +205,7 @@ def test_a_signal_to_rank_0_stops_every_rank_at_the_same_step(tmp_path):
     done = [e for e in events(cfg) if isinstance(e, p.Done)]
     assert done and done[-1].reason == "signal"
     latest = checkpoint.CheckpointManager(cfg.run_dir).latest()
-    assert latest is not None and checkpoint.load(latest)["step"] == done[-1].step
+    assert latest is not None and checkpoint.load(latest)["progress"]["step"] == done[-1].step
 
 
 def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):

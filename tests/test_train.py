@@ -136,10 +136,18 @@ def test_checkpoints_hold_everything_needed_to_continue(tmp_path):
     saver = checkpoint.CheckpointManager(cfg.run_dir)
     assert [f.name for f in saver.step_files()] == ["step_00000010.pt", "step_00000020.pt"]
     state = checkpoint.load(saver.latest())
-    assert {"model", "optimizer", "scaler", "loader", "rng", "step", "config", "tokenizer"} <= set(
-        state
-    )
-    assert state["step"] == 20 and saver.best() is not None
+    assert state["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(state) == {
+        "format_version", "config", "tokenizer", "model", "optimizer", "progress",
+        "world_size", "ranks",
+    }  # fmt: skip
+    assert set(state["optimizer"]) == {"adamw", "scaler"} and state["world_size"] == 1
+    assert set(state["ranks"][0]) == {"data", "rng"}
+    assert state["progress"] == {
+        "step": 20,
+        "tokens": 20 * cfg.train.batch_size * cfg.train.grad_accum * 32,
+    }
+    assert saver.best() is not None
 
 
 def test_fine_tuning_starts_from_weights_with_a_fresh_optimizer(tmp_path):
@@ -212,7 +220,7 @@ def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
     done = [e for e in events(cfg) if isinstance(e, p.Done)]
     assert done and done[-1].reason == "signal"
     latest = checkpoint.CheckpointManager(cfg.run_dir).latest()
-    assert latest is not None and checkpoint.load(latest)["step"] == done[-1].step
+    assert latest is not None and checkpoint.load(latest)["progress"]["step"] == done[-1].step
     assert "done at step" in out
 
 
