@@ -350,7 +350,7 @@ def test_streaming_ranks_never_share_a_unit(tmp_path, small_units):
     assert len(source.units) >= 2
     mine = [
         StreamingLoader(source, tok, "train", batch_size=2, block_size=16, val_fraction=0.1,
-                        seed=0, rank=r, world_size=2)._units(0)
+                        seed=0, rank=r, world_size=2).units_for(0)
         for r in range(2)
     ]  # fmt: skip
     assert mine[0] and mine[1] and not set(mine[0]) & set(mine[1])

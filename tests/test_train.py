@@ -5,16 +5,18 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_until
 
 from engine import checkpoint, config, device, metrics
 from engine import protocol as p
 from engine.errors import UsageError
 from engine.train import train
+
+pytestmark = pytest.mark.slow  # these tests train models
 
 WORDS = [
     "the",
@@ -206,14 +208,12 @@ def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path):
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     log = cfg.run_dir / "metrics.jsonl"
-    deadline = time.time() + 180  # generous: a loaded machine starts python and torch slowly
 
     def stepping() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
         return log.exists() and '"type": "step"' in log.read_text()
 
-    while time.time() < deadline and not stepping():
-        time.sleep(0.1)
-    assert stepping(), proc.stderr.read() if proc.poll() is not None else "no step in 180 s"
+    wait_until(stepping, 180, "step record")  # generous: a loaded machine starts torch slowly
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
