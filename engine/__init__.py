@@ -5,7 +5,7 @@ that use them, so the studio (which imports just `engine.config` and `engine.pro
 instantly.
 """
 
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 
 __all__ = ["UsageError"]
 __version__ = "0.1.0"

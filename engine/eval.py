@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint, config, data, device
-from engine.errors import UsageError, cli_entry
+from engine import checkpoint, data, device
+from engine.contract import config
+from engine.contract.errors import UsageError, cli_entry
 from engine.model import GPT
 from engine.tokenizer import Tokenizer, from_spec
 

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from engine.config import ModelConfig, flops_per_token
+from engine.contract.config import ModelConfig
+from engine.contract.sizing import flops_per_token
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:

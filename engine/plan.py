@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from engine import config
-from engine.config import Config, human
-from engine.errors import cli_entry
+from engine.contract import config, sizing
+from engine.contract.config import Config
+from engine.contract.errors import cli_entry
+from engine.contract.render import human
 
 ROWS = {
     "params": "parameters",
@@ -25,11 +26,11 @@ ROWS = {
 
 def describe(cfg: Config, gpus: int, gpu_memory_gb: float) -> str:
     """The plan as aligned lines of text: a header, then one column per strategy."""
-    figures = config.plan(cfg, gpus, gpu_memory_gb)
-    t, s = cfg.train, config.summary(cfg)
+    figures = sizing.plan(cfg, gpus, gpu_memory_gb)
+    t, s = cfg.train, sizing.summary(cfg)
     sequences = t.batch_size * t.grad_accum * gpus
     tokens = sequences * cfg.model.block_size
-    usable = gpu_memory_gb * config.USABLE_FRACTION
+    usable = gpu_memory_gb * sizing.USABLE_FRACTION
     guess = (
         " (a char vocabulary is a guess until the corpus is read)" if s["vocab_is_guess"] else ""
     )

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
-from engine import protocol as p
-from engine.config import Config
-from engine.errors import UsageError, cli_entry
+from engine import checkpoint, data, device, distributed, metrics, remote
+from engine.contract import config, sizing
+from engine.contract import events as p
+from engine.contract.config import Config
+from engine.contract.errors import UsageError, cli_entry
+from engine.contract.rundir import RunDir
 from engine.generate import generate
 from engine.model import GPT
 from engine.schedule import lr_at
@@ -180,7 +182,7 @@ def build(
         model_cfg.dropout = cfg.model.dropout
         model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
     else:
-        model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
+        model_cfg = sizing.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
     _check_prompts(cfg, tokenizer)
 
@@ -386,10 +388,10 @@ def obey(run: Run, commands: list[p.Command]) -> None:
     for command in commands:
         if isinstance(command, p.Pause) and not state.paused:
             state.paused = True
-            run.reporter.emit(p.Log(f"paused after step {state.step}"))
+            run.reporter.emit(p.Paused(step=state.step))
         elif isinstance(command, p.Resume) and state.paused:
             state.paused = False
-            run.reporter.emit(p.Log(f"resumed at step {state.step}"))
+            run.reporter.emit(p.Resumed(step=state.step))
         elif isinstance(command, p.Stop):
             state.stop, state.paused = "stopped", False
         elif isinstance(command, p.Save):
@@ -502,7 +504,7 @@ def _stop_on_signals(state: State, at_once: bool = True):
 
 
 def _refuse_to_overwrite(run_dir: Path) -> None:
-    held = [n for n in ("metrics.jsonl", "checkpoints") if (run_dir / n).exists()]
+    held = RunDir(run_dir).held()
     if held:
         raise UsageError(
             f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume, "

@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine import config, data
+from engine import data
+from engine.contract import config
+from engine.contract.errors import UsageError
 from engine.data import shards, sources, split, tokens
 from engine.data.loaders import ShardLoader
 from engine.data.streaming import StreamingLoader
-from engine.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "over", "under", "the"]

@@ -16,8 +16,9 @@ import torch
 from test_remote import FakeStudio, of
 from test_train import WORDS, events, tiny_config
 
-from engine import checkpoint, config
-from engine import protocol as p
+from engine import checkpoint
+from engine.contract import config
+from engine.contract import events as p
 from engine.data import sources
 from engine.data.streaming import StreamingLoader
 from engine.model import GPT

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from engine import checkpoint, export, generate, hf
-from engine.config import ModelConfig, padded_vocab
-from engine.errors import UsageError
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
+from engine.contract.sizing import padded_vocab
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 

@@ -20,7 +20,7 @@ from test_train import corpus, tiny_config
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 
-from engine import protocol as p
+from engine.contract import events as p
 from studio.app import StudioApp
 from studio.panes.chat import LIVE, ChatPane
 from studio.panes.config import ConfigPane

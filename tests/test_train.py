@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint, config, device, metrics
-from engine import protocol as p
-from engine.errors import UsageError
+from engine import checkpoint, device, metrics
+from engine.contract import config
+from engine.contract import events as p
+from engine.contract.errors import UsageError
 from engine.train import train
 
 WORDS = [

@@ -18,8 +18,9 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
-from engine import protocol as p
-from studio.rundir import MetricsTail, RunInfo, list_runs
+from engine.contract import events as p
+from engine.contract.render import sample_block
+from engine.contract.rundir import MetricsTail, RunDir, RunInfo, list_runs
 from studio.widgets.charts import RunCharts
 
 REFRESH_S = 3.0
@@ -130,7 +131,7 @@ class RunsPane(Vertical):
             self.notify("No run chosen: train one first, or pick a row.", severity="warning")
             return
         self.opened = run.path
-        self._tail = MetricsTail(run.path / "metrics.jsonl")
+        self._tail = RunDir(run.path).tail()
         self._last_sample = None
         self.query_one(RunCharts).clear()
         self.query_one("#runs-sample", Static).update("")
@@ -152,9 +153,7 @@ class RunsPane(Vertical):
                 self._last_sample = event
         if events and self._last_sample is not None:
             s = self._last_sample
-            self.query_one("#runs-sample", Static).update(
-                f"latest sample, step {s.step} · {s.prompt!r}\n{s.prompt}{s.text}"
-            )
+            self.query_one("#runs-sample", Static).update(f"latest sample, {sample_block(s)}")
 
     def action_resume(self) -> None:
         run = self._chosen()

@@ -13,7 +13,9 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from engine.config import Config, human, summary
+from engine.contract.config import Config
+from engine.contract.render import human
+from engine.contract.sizing import summary
 
 MEMORY_PARTS = {
     "params": "weights",
