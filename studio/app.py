@@ -26,7 +26,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent, TabPane
 
-from engine import __version__
+from engine.contract import __version__
 from engine.contract.config import Config, ConfigError, load
 from engine.contract.errors import UsageError, cli_entry
 from studio.panes.chat import ChatPane

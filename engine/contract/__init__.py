@@ -19,3 +19,5 @@ package and starts instantly; the engine imports the same definitions, so the tw
 Import the module you need (`from engine.contract import events as p`); this package itself
 re-exports nothing, so importing one part never loads the rest.
 """
+
+__version__ = "0.1.0"  # of gpt-studio: engine and studio ship together
