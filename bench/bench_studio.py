@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = str(ROOT)  # engine subprocesses import this checkout
 
-from studio.rundir import MetricsTail  # noqa: E402
+from engine.contract.rundir import MetricsTail  # noqa: E402
 
 from engine.contract import events as p  # noqa: E402
 from engine.contract.config import Config, load_preset, save  # noqa: E402

@@ -1,6 +1,6 @@
 """Where a run's events go: metrics.jsonl always, the console, samples.txt, and optional sinks.
 
-Every sink receives the same `engine.protocol` event objects, so the JSONL file, the console and
+Every sink receives the same `engine.contract.events` objects, so the JSONL file, the console and
 the studio's socket can never disagree about what happened.
 """
 

@@ -2,7 +2,7 @@
 
 Prints, per GPU, the memory of the weights, gradients, AdamW state and activations under DDP and
 under FSDP, whether each fits, and the largest micro-batch that does. The arithmetic is
-`engine.config.plan`, which the studio's Config pane shares; like it, this never imports torch,
+`engine.contract.sizing.plan`, which the studio's Config pane shares; like it, this never imports torch,
 so it answers in a moment on a laptop with no GPU.
 """
 

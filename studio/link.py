@@ -7,7 +7,7 @@ where anyone on the machine could connect; there the random token handed to the 
 its environment is what tells our engine from a stranger. The token is checked either way: the
 engine's first line must be a `hello` carrying it, or the connection is closed.
 
-Lines are cut with engine.protocol's LineBuffer and decoded with engine.protocol.decode. A line
+Lines are cut with engine.contract.framing's LineBuffer and decoded with engine.contract.events.decode. A line
 that is too long, not JSON, or not an event is dropped and reported through `on_note`; it never
 closes the connection, so one bad message costs one message.
 """

@@ -1,6 +1,6 @@
 """A stand-in for `python -m engine.train CONFIG --report-to ADDRESS`, without torch.
 
-It speaks the real protocol (engine.protocol) to the studio, so tests and the benchmark can
+It speaks the real protocol (engine.contract.events) to the studio, so tests and the benchmark can
 drive the studio's socket end hard — junk lines, a crash, a hundred events a second — in a
 fraction of the time a real run takes. FAKE_ENGINE_MODE picks what it does:
 

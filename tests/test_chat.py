@@ -118,7 +118,7 @@ def test_serve_answers_a_bad_request_with_an_error_and_keeps_serving(session):
     )
     errors = [r for r in replies if isinstance(r, cp.ChatError)]
     assert [e.id for e in errors] == [None, 2, 3]
-    assert "temperature must be from 0 to 10" in errors[1].message
+    assert "temperature must be from 0 to 5" in errors[1].message
     assert isinstance(replies[-1], cp.ChatEnd) and replies[-1].id == 4
 
 

@@ -334,7 +334,7 @@ def test_cli_batches_a_prompts_file_with_several_samples_each(run_dir, capsys, t
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--prompt", "x", "--temperature", "-1"], "temperature must be from 0 to 10"),
+        (["--prompt", "x", "--temperature", "-1"], "temperature must be from 0 to 5"),
         (["--prompt", "x", "--top-p", "1.5"], "top-p must be above 0 and at most 1"),
         (["--prompt", "x", "--max-tokens", "0"], "max tokens must be"),
         (["--prompt", "x", "--num-samples", "0"], "--num-samples must be 1 or more"),

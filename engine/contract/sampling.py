@@ -55,7 +55,7 @@ MAX_TOKENS_LIMIT = 1 << 16
 
 LIMITS: dict[str, Limit] = {
     "max_tokens": Limit("max tokens", int, 1, MAX_TOKENS_LIMIT),
-    "temperature": Limit("temperature", float, 0, 10, note="0: greedy"),
+    "temperature": Limit("temperature", float, 0, 5, note="0: greedy"),  # above 5: noise
     "top_k": Limit("top-k", int, 0, note="0: off"),
     "top_p": Limit("top-p", float, 0, 1, low_open=True, note="1: off"),
     "repetition_penalty": Limit("repetition penalty", float, 0, low_open=True, note="1: off"),

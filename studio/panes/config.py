@@ -1,7 +1,7 @@
 """The Config pane: pick a preset, edit every field, see faults and costs as you type, save.
 
 Every change rebuilds a candidate Config from the whole form, so what the pane reports valid is
-exactly what engine.config would load. Typing rules come from engine.config (apply_overrides and
+exactly what engine.contract.config would load. Typing rules come from it (apply_overrides and
 check), never from a second parser here, so the form and the command line cannot disagree.
 """
 

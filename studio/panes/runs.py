@@ -1,7 +1,7 @@
 """The Runs pane: every run under the config's out_dir; open one to see its curves; resume it
 or chat with it.
 
-Runs are read from disk (studio.rundir), never from memory, so a run trained headless on this
+Runs are read from disk (engine.contract.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
 followed: its curves grow while its metrics.jsonl does.
 """

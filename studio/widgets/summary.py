@@ -1,6 +1,6 @@
 """What a config costs, in the figures a person decides with: size, tokens, memory, FLOPs.
 
-Recomputed from the config alone (engine.config.summary) on every valid edit, so the effect of a
+Recomputed from the config alone (engine.contract.sizing.summary) on every valid edit, so the effect of a
 change is seen before anything is built.
 """
 
@@ -36,7 +36,7 @@ class ConfigSummary(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.figures: dict[str, Any] = {}
-        """The last `engine.config.summary` shown: tests and other panes read numbers here."""
+        """The last `engine.contract.sizing.summary` shown: tests and other panes read numbers here."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary-problems", markup=False)
