@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 import torch
 
 from engine.contract.config import ModelConfig
+from engine.contract.sampling import Sampling
 from engine.export import write_model
-from engine.generate import Sampling, decode, decoding_layout
+from engine.generate import decode, decoding_layout
 from engine.model import GPT
 
 GPT2_124M = ModelConfig(

@@ -8,7 +8,8 @@ import torch
 from engine.chat import ChatSession, repl, serve
 from engine.contract import events as cp
 from engine.contract.config import ModelConfig
-from engine.generate import Sampling, generate
+from engine.contract.sampling import Sampling
+from engine.generate import generate
 from engine.model import GPT
 from engine.tokenizer import CharTokenizer
 

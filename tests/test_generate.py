@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from engine import checkpoint, generate
 from engine.contract.config import Config, ModelConfig
 from engine.contract.errors import UsageError
-from engine.generate import IncrementalDecoder, Sampling, Stream, choose, decode
+from engine.contract.sampling import Sampling
+from engine.generate import IncrementalDecoder, Stream, choose, decode
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer
 
