@@ -18,7 +18,6 @@ Format 1 (no format_version: every release before it) is read by upgrading it he
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,9 +26,10 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import UsageError
-from engine.files import atomic_write, atomic_write_text, fsync_dir
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
+from engine.contract.rundir import RunDir
+from engine.files import atomic_write, fsync_dir
 from engine.model import GPT
 
 FORMAT_VERSION = 2
@@ -65,9 +65,7 @@ class CheckpointManager:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, tmp)
             os.replace(tmp, self.dir / BEST)
-            atomic_write_text(
-                self.dir / "best.json", json.dumps({"step": step, "val_loss": val_loss})
-            )
+            RunDir(self.dir.parent).write_best(step, val_loss)
             is_best = True
         for old in self.step_files()[: -self.keep_last]:
             old.unlink(missing_ok=True)
@@ -88,10 +86,8 @@ class CheckpointManager:
         return path if path.is_file() else None
 
     def best_val_loss(self) -> float:
-        try:
-            return float(json.loads((self.dir / "best.json").read_text())["val_loss"])
-        except (OSError, ValueError, KeyError):
-            return float("inf")
+        best = RunDir(self.dir.parent).best_val_loss()
+        return float("inf") if best is None else best
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:

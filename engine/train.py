@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine import config
-from engine.errors import cli_entry
+from engine.contract import config
+from engine.contract.errors import cli_entry
 from engine.trainer import train
 
 __all__ = ["main", "train"]

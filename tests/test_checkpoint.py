@@ -6,7 +6,7 @@ import torch
 
 from engine import checkpoint
 from engine.checkpoint import CheckpointManager
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 
 
 def state(step: int) -> dict:

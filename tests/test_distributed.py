@@ -17,8 +17,9 @@ from conftest import wait_until
 from test_remote import FakeStudio, of
 from test_train import WORDS, events, tiny_config
 
-from engine import checkpoint, config
-from engine import protocol as p
+from engine import checkpoint
+from engine.contract import config
+from engine.contract import events as p
 from engine.data import sources
 from engine.data.streaming import StreamingLoader
 from engine.model import GPT
@@ -223,8 +224,8 @@ def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):
         assert studio.until(of("start"))["world_size"] == 2
         studio.until(of("step"))
         studio.send(p.encode(p.Pause()))
-        paused = studio.until(lambda m: m["type"] == "log" and "paused" in m["message"])
-        at = int(paused["message"].split()[-1])
+        paused = studio.until(lambda m: m["type"] == "paused")
+        at = paused["step"]
         time.sleep(1.0)  # the paused ranks keep agreeing, five times a second, without stepping
         studio.send(p.encode(p.SampleRequest(prompt="the ", max_tokens=8, id="q1")))
         assert studio.until(of("sample", id="q1"))["step"] == at

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from engine import checkpoint, export, generate, hf
-from engine.config import ModelConfig, padded_vocab
-from engine.errors import UsageError
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
+from engine.contract.sizing import padded_vocab
 from engine.export import __main__ as export_cli
 from engine.generate import __main__ as generate_cli
 from engine.model import GPT
@@ -333,7 +334,7 @@ def test_export_never_writes_into_a_folder_that_holds_files_unless_forced(tmp_pa
 
 @pytest.mark.slow
 def test_train_init_from_hf_fine_tunes_the_imported_weights(tmp_path, bpe):
-    from engine import config
+    from engine.contract import config
     from engine.train import train
 
     hf_gpt2(tmp_path / "gpt2", bpe)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from test_train import tiny_config
 
-from engine import config, metrics
-from engine import protocol as p
+from engine import metrics
+from engine.contract import config, framing
+from engine.contract import events as p
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ class FakeStudio:
         self.server.listen(1)
         self.server.settimeout(60)
         self.conn: socket.socket | None = None
-        self.lines = p.LineBuffer()
+        self.lines = framing.LineBuffer()
         self.messages: list[dict] = []
 
     @property

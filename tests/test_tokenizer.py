@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine.tokenizer as tokmod
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 from engine.tokenizer import (
     EOT,
     BPETokenizer,

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import wait_until
 
-from engine import checkpoint, config, device, metrics
-from engine import protocol as p
-from engine.errors import UsageError
+from engine import checkpoint, device, metrics
+from engine.contract import config
+from engine.contract import events as p
+from engine.contract.errors import UsageError
 from engine.train import train
 
 pytestmark = pytest.mark.slow  # these tests train models

@@ -9,8 +9,8 @@ import torch
 from test_train import tiny_config
 
 from engine import checkpoint, device, distributed
-from engine.config import ModelConfig
-from engine.errors import UsageError
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
 from engine.model import GPT
 from engine.train import train
 from engine.trainer.optim import ModelAndOptimizer

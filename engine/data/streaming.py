@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.contract.errors import UsageError
 from engine.data import sources, split, tokens
 from engine.data.prefetch import Prefetch
-from engine.errors import UsageError
 from engine.tokenizer import Tokenizer
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint, config, data, device
-from engine.errors import UsageError
+from engine import checkpoint, data, device
+from engine.contract import config
+from engine.contract.errors import UsageError
 from engine.model import GPT
 from engine.tokenizer import Tokenizer, from_spec
 

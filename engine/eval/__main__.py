@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 
-from engine.errors import UsageError, cli_entry
+from engine.contract.errors import UsageError, cli_entry
 from engine.eval import run
 
 

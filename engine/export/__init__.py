@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from engine import checkpoint, hf
-from engine.config import ModelConfig
-from engine.errors import UsageError
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
 from engine.tokenizer import EOT, BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 from engine.tokenizer import from_spec as tokenizer_from_spec
 

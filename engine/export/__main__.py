@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.errors import cli_entry
+from engine.contract.errors import cli_entry
 from engine.export import FILES, FORMATS, export
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
+from engine.contract.sampling import Sampling
 from engine.model import GPT
 from engine.tokenizer import Tokenizer
 
@@ -25,47 +26,6 @@ from engine.tokenizer import Tokenizer
 # the rest, so a rebuild (a prefill) happens once every block_size/4 tokens, not every token.
 SLIDE_KEEP = 0.75
 INCOMPLETE = "\ufffd"  # what a decoder shows for the bytes of a character not yet complete
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to choose each next token; every value is checked once, here."""
-
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0: greedy
-    top_k: int = 200  # 0: off
-    top_p: float = 1.0  # 1: off
-    repetition_penalty: float = 1.0  # 1: off; above 1 discourages tokens already present
-    stop: tuple[str, ...] = ()
-    seed: int | None = None  # None: a fresh random seed per generation
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
-            raise UsageError(
-                f"max tokens must be a whole number of 1 or more, got {self.max_new_tokens!r}"
-            )
-        if not _is_number(self.temperature) or self.temperature < 0:
-            raise UsageError(f"temperature must be 0 (greedy) or more, got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise UsageError(f"top-k must be a whole number, 0 (off) or more, got {self.top_k!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise UsageError(f"top-p must be above 0 and at most 1 (1: off), got {self.top_p!r}")
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise UsageError(
-                f"repetition penalty must be above 0 (1: off), got {self.repetition_penalty!r}"
-            )
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise UsageError(f"stop strings must be non-empty text, got {list(self.stop)!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise UsageError(f"seed must be a whole number, got {self.seed!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +81,7 @@ def decode(
     s: Sampling,
     vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield each step's next token for every row, (B,), for `s.max_new_tokens` steps.
+    """Yield each step's next token for every row, (B,), for `s.max_tokens` steps.
 
     Prompts (non-empty, at most block_size tokens; see `fit_prompt`) are left-padded into one
     batch; padding is masked and each row's positions start at its first real token, so within
@@ -136,7 +96,7 @@ def decode(
         raise ValueError(f"decode needs 1 to {block} tokens per prompt; use fit_prompt")
     device = next(model.parameters()).device
     vocab = vocab_size or model.cfg.vocab_size
-    B, longest, steps = len(prompts), max(len(p) for p in prompts), s.max_new_tokens
+    B, longest, steps = len(prompts), max(len(p) for p in prompts), s.max_tokens
     # every token of every row, so a full window can be rebuilt after sliding
     seq = torch.zeros(B, longest + steps, dtype=torch.long)
     pad = torch.tensor([longest - len(p) for p in prompts])
@@ -364,7 +324,7 @@ def generate(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int,
+    max_tokens: int,
     seed: int | None = None,
     *,
     temperature: float = Sampling.temperature,
@@ -375,7 +335,7 @@ def generate(
 ) -> str:
     """The continuation of one prompt: what the trainer shows as a sample."""
     sampling = Sampling(
-        max_new_tokens=max_new_tokens,
+        max_tokens=max_tokens,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

@@ -1,7 +1,7 @@
 """`python -m engine.generate RUN_DIR|CHECKPOINT|hf:PATH`: sample from a model.
 
 With no prompt on a terminal it opens a chat session (engine.chat), and `--serve` speaks the
-studio's NDJSON protocol (engine.chat_protocol).
+studio's NDJSON protocol (engine.contract.events).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from engine import chat, checkpoint
-from engine.errors import UsageError, cli_entry
-from engine.generate import Sampling, Stream, decoding_layout
+from engine.contract.errors import UsageError, cli_entry
+from engine.contract.sampling import Sampling
+from engine.device import auto
+from engine.generate import Stream, decoding_layout
 from engine.model import GPT
 from engine.tokenizer import Tokenizer, from_spec
 
@@ -36,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="answer JSON requests on stdin (for the studio)"
     )
     parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--max-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens)
     parser.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=d.top_k, help="0: off")
     parser.add_argument("--top-p", type=float, default=d.top_p, help="1: off")
@@ -78,8 +80,8 @@ def _read_prompts(args: argparse.Namespace) -> list[str] | None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # the same choice training makes
+        return torch.device(auto())
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             raise UsageError(f"{flag} must be 1 or more, got {value}")
     sampling = Sampling(
-        max_new_tokens=args.max_tokens,
+        max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,

@@ -1,15 +1,16 @@
-"""`python -m engine.plan CONFIG --gpus N [--gpu-memory-gb M]`: will it fit, and how to spread it.
+"""Per-GPU memory under DDP and FSDP: the text `python -m engine.plan` prints.
 
 Prints, per GPU, the memory of the weights, gradients, AdamW state and activations under DDP and
 under FSDP, whether each fits, and the largest micro-batch that does. The arithmetic is
-`engine.config.plan`, which the studio's Config pane shares; like it, this never imports torch,
+`engine.contract.sizing.plan`, which the studio's Config pane shares; like it, this never imports torch,
 so it answers in a moment on a laptop with no GPU.
 """
 
 from __future__ import annotations
 
-from engine import config
-from engine.config import Config, human
+from engine.contract import sizing
+from engine.contract.config import Config
+from engine.contract.render import human
 
 ROWS = {
     "params": "parameters",
@@ -22,11 +23,11 @@ ROWS = {
 
 def describe(cfg: Config, gpus: int, gpu_memory_gb: float) -> str:
     """The plan as aligned lines of text: a header, then one column per strategy."""
-    figures = config.plan(cfg, gpus, gpu_memory_gb)
-    t, s = cfg.train, config.summary(cfg)
+    figures = sizing.plan(cfg, gpus, gpu_memory_gb)
+    t, s = cfg.train, sizing.summary(cfg)
     sequences = t.batch_size * t.grad_accum * gpus
     tokens = sequences * cfg.model.block_size
-    usable = gpu_memory_gb * config.USABLE_FRACTION
+    usable = gpu_memory_gb * sizing.USABLE_FRACTION
     guess = (
         " (a char vocabulary is a guess until the corpus is read)" if s["vocab_is_guess"] else ""
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine import config
-from engine.errors import cli_entry
+from engine.contract import config
+from engine.contract.errors import cli_entry
 from engine.plan import describe
 
 

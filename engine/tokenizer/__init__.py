@@ -22,17 +22,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.errors import UsageError
+from engine.contract.config import BPE_MAX_VOCAB, BPE_MIN_VOCAB
+from engine.contract.errors import UsageError
+from engine.contract.render import EOT
 
 if TYPE_CHECKING:
     import tiktoken
     import tokenizers
 
-EOT = "<|endoftext|>"
 KINDS = ("tiktoken", "bpe", "char")
 
-BPE_MIN_VOCAB = 260  # 256 bytes, the end-of-text token and room for a few merges
-BPE_MAX_VOCAB = 2**20
 DEFAULT_BPE_VOCAB = 8192
 
 # tiktoken fetches encodings with requests and no timeout, so a stalled network would hang forever.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.contract.errors import UsageError, cli_entry
 from engine.data import sources  # the same readers as training: files, folders, parquet
-from engine.errors import UsageError, cli_entry
 from engine.tokenizer import (
     DEFAULT_BPE_VOCAB,
     BPETokenizer,

@@ -18,10 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
-from engine import protocol as p
-from engine.config import Config
-from engine.errors import UsageError
+from engine import checkpoint, data, device, distributed, metrics, remote
+from engine.contract import config, sizing
+from engine.contract import events as p
+from engine.contract.config import Config
+from engine.contract.errors import UsageError
+from engine.contract.rundir import RunDir
 from engine.generate import generate
 from engine.model import GPT
 from engine.schedule import lr_at
@@ -109,7 +111,7 @@ class Trainer:
             model_cfg.dropout = cfg.model.dropout
             model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
         else:
-            model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
+            model_cfg = sizing.resolve_model(cfg, tokenizer.vocab_size)
         cfg.model = model_cfg
         _check_prompts(cfg, tokenizer)
 
@@ -324,7 +326,7 @@ def _prepare_data(
 
 
 def _refuse_to_overwrite(run_dir: Path) -> None:
-    held = [n for n in ("metrics.jsonl", "checkpoints") if (run_dir / n).exists()]
+    held = RunDir(run_dir).held()
     if held:
         raise UsageError(
             f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume, "

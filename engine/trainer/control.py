@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from engine import distributed, metrics, remote
-from engine import protocol as p
+from engine.contract import events as p
 
 
 class RunControl:
@@ -48,11 +48,11 @@ class RunControl:
         if isinstance(command, p.Pause):
             if not self.paused:
                 self.paused = True
-                self.reporter.emit(p.Log(f"paused after step {step}"))
+                self.reporter.emit(p.Paused(step=step))
         elif isinstance(command, p.Resume):
             if self.paused:
                 self.paused = False
-                self.reporter.emit(p.Log(f"resumed at step {step}"))
+                self.reporter.emit(p.Resumed(step=step))
         elif isinstance(command, p.Stop):
             self.stop, self.paused = "stopped", False
         else:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from engine import device
-from engine import protocol as p
+from engine.contract import events as p
 from engine.model import GPT
 
 
