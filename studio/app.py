@@ -30,10 +30,10 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent, TabPane
 
-from engine import __version__
-from engine.config import Config, ConfigError, load, save
-from engine.control import ControlRecord
-from engine.errors import UsageError, cli_entry
+from engine.contract import __version__
+from engine.contract.config import Config, ConfigError, load, save
+from engine.contract.errors import UsageError, cli_entry
+from engine.contract.rundir import RunDir
 from studio.machine import last_config_path
 from studio.messages import (
     AskLive,
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--attach and --follow: give one; --follow only reads metrics.jsonl")
         folder = Path(attach)
         if folder.is_dir():
-            if ControlRecord.load(folder) is None:
+            if RunDir(folder).control_record() is None:
                 raise UsageError(
                     f"--attach {folder}: it holds no control.json, so no run trains there now; "
                     f"to see its curves: gpt-studio --follow {folder}"

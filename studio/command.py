@@ -14,7 +14,7 @@ from pathlib import Path
 import tomli_w
 import tomllib
 
-from engine.config import Config, ConfigError, load, presets, to_dict
+from engine.contract.config import Config, ConfigError, load, presets, to_dict
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

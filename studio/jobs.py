@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -29,10 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from engine import protocol as p
-from engine.config import Config, save
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.config import Config, save
+from engine.contract.errors import ERRORS_ENV
+from engine.contract.rundir import RunDir
 from studio.link import EngineLink, Target, private_dir
 from studio.messages import (
     ChatExited,
@@ -44,7 +45,6 @@ from studio.messages import (
     EngineNote,
     RunEvents,
 )
-from studio.rundir import MetricsTail
 
 TAIL_LINES = 15
 POLL_S = 0.2  # how often a training job is checked for having exited
@@ -58,6 +58,7 @@ def engine_command(module: str, *args: str) -> list[str]:
 def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **(extra or {})}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[ERRORS_ENV] = "json"  # a usage error comes back as an `error` record, not text
     return env
 
 
@@ -71,6 +72,24 @@ class Exit:
 
     code: int
     stderr: list[str] = field(default_factory=list)
+    error: p.Error | None = None  # the engine's own usage error, with its fields
+
+    @classmethod
+    def read(cls, code: int, lines: list[str]) -> Exit:
+        """An exit from the engine's last stderr lines: an `error` record becomes `error` (and
+        its readable line), everything else is kept as written."""
+        error, shown = None, []
+        for line in lines:
+            if line.startswith("{"):
+                try:
+                    error = p.decode(line, {p.Error.type: p.Error})
+                except framing.ProtocolError:
+                    pass
+                else:
+                    shown.append(f"error: {error.message}")
+                    continue
+            shown.append(line)
+        return cls(code, shown, error)
 
     def describe(self) -> str:
         if self.code < 0:
@@ -130,7 +149,7 @@ class TrainJob:
                 text = (self.folder / "stderr.log").read_bytes()[-16384:]
             except OSError:
                 text = b""
-            self.exit = Exit(code, tail_lines(text.decode("utf-8", "replace")))
+            self.exit = Exit.read(code, tail_lines(text.decode("utf-8", "replace")))
             self.target.post_message(EngineExited(self.exit))
             return self.exit
         finally:
@@ -188,7 +207,7 @@ class TrainJob:
 class AttachJob:
     """Watch and command a run this studio did not start, through its control endpoint.
 
-    The run may have been left training by another studio, or started headless (engine.control
+    The run may have been left training by another studio, or started headless (engine.remote
     says how it listens). `run()` is the body of a worker: it connects, presents the token,
     posts the run's history and then its live events as `RunEvents`, and `Detached` when the
     connection ends. Stopping asks the run to stop; leaving just hangs up.
@@ -209,8 +228,8 @@ class AttachJob:
     async def run(self) -> None:
         """OSError: nothing listens there (the run has ended, or the address is wrong)."""
         try:
-            kind, where = p.parse_address(self.address)
-        except p.ProtocolError as err:
+            kind, where = framing.parse_address(self.address)
+        except framing.ProtocolError as err:
             raise OSError(str(err)) from None
         if kind == "unix":
             reader, writer = await asyncio.open_unix_connection(str(where))
@@ -219,14 +238,14 @@ class AttachJob:
         writer.write(p.encode(p.Hello(token=self.token, pid=os.getpid())))
         self._writer = writer
         self.target.post_message(EngineConnected())
-        lines, ended = p.LineBuffer(), False
+        lines, ended = framing.LineBuffer(), False
         try:
             while data := await reader.read(1 << 16):
                 events = []
                 for line in lines.feed(data):
                     try:
                         events.append(p.decode(line))
-                    except p.ProtocolError as err:
+                    except framing.ProtocolError as err:
                         self.target.post_message(EngineNote(f"dropped a message: {err}"))
                 if events:
                     ended = ended or any(isinstance(e, p.Done) for e in events[-3:])
@@ -271,7 +290,7 @@ class MetricsFollower:
 
     def __init__(self, target: Target, run_dir: Path, every: float) -> None:
         self.target = target
-        self.tail = MetricsTail(run_dir / "metrics.jsonl")
+        self.tail = RunDir(run_dir).tail()
         self.every = every
         self.reads = 0  # how many times the file was looked at: tests wait on it
 
@@ -306,7 +325,7 @@ async def run_engine(
     out = bytearray()
 
     async def read_stdout() -> None:
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         while data := await proc.stdout.read(1 << 16):  # type: ignore[union-attr]
             if on_line is None:
                 out.extend(data)
@@ -322,22 +341,21 @@ async def run_engine(
             proc.kill()
         await proc.wait()
         raise
-    return Exit(code, tail_lines(err.decode("utf-8", "replace"))), bytes(out)
+    return Exit.read(code, tail_lines(err.decode("utf-8", "replace"))), bytes(out)
 
 
 def first_error(exit: Exit) -> str:
-    """The engine's own one-line `error: ...` for a usage mistake, else how it ended."""
-    for line in reversed(exit.stderr):
-        if line.startswith("error: "):
-            return line.removeprefix("error: ")
+    """The engine's own usage error (its `error` record), else how it ended."""
+    if exit.error is not None:
+        return exit.error.message
     return exit.describe() + (f": {exit.stderr[-1]}" if exit.stderr else "")
 
 
 class ChatServer:
     """`python -m engine.generate SOURCE --serve`: requests in on stdin, replies out on stdout.
 
-    `run()` is the body of a worker. Replies (`ready`, `token`, `end`, `error`) reach `target`
-    as `ChatReply` messages, a line that is not a JSON object with a `type` as a `ChatNote`, and
+    `run()` is the body of a worker. Typed replies (ChatReady, ChatToken, ChatEnd, ChatError) reach
+    `target` in `ChatReply` messages, a line that is not a JSON object with a `type` as a `ChatNote`, and
     an end nobody asked for (`close()`) as `ChatExited`.
     """
 
@@ -371,7 +389,7 @@ class ChatServer:
                         self.proc.kill()
                     await self.proc.wait()
             if not self.closing:
-                self.target.post_message(ChatExited(Exit(code, list(self._stderr))))
+                self.target.post_message(ChatExited(Exit.read(code, list(self._stderr))))
         finally:
             self._ended.set()
 
@@ -379,11 +397,11 @@ class ChatServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def ask(self, request: dict[str, Any]) -> bool:
+    def ask(self, request: p.ChatRequest) -> bool:
         """Send one request line; False when the server is gone."""
         if not self.running or self.proc is None or self.proc.stdin is None:
             return False
-        self.proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+        self.proc.stdin.write(request.to_json().encode() + b"\n")
         return True
 
     async def close(self) -> None:
@@ -403,19 +421,17 @@ class ChatServer:
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         while data := await self.proc.stdout.read(1 << 16):
             for line in lines.feed(data):
                 try:
-                    reply = json.loads(line)
-                except ValueError:
-                    reply = None
-                if isinstance(reply, dict) and isinstance(reply.get("type"), str):
-                    self.target.post_message(ChatReply(reply))
-                else:
+                    reply = p.parse_chat_reply(line)
+                except framing.ProtocolError:
                     self.target.post_message(
                         ChatNote(f"ignored a line from the chat server: {line[:80]!r}")
                     )
+                else:
+                    self.target.post_message(ChatReply(reply))
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

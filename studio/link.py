@@ -28,7 +28,8 @@ from typing import Protocol
 
 from textual.message import Message
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract import framing
 from studio.messages import EngineConnected, EngineNote, RunEvents
 
 SOCKET_NAME = "engine.sock"
@@ -67,7 +68,7 @@ class EngineLink:
     @property
     def env(self) -> dict[str, str]:
         """What the engine's environment needs to be let in."""
-        return {p.TOKEN_ENV: self.token}
+        return {framing.TOKEN_ENV: self.token}
 
     @property
     def connected(self) -> bool:
@@ -120,7 +121,7 @@ class EngineLink:
             self._note("refused a second engine connection: this link already has one")
             writer.close()
             return
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         greeted = False
         try:
             while data := await reader.read(READ_CHUNK):
@@ -144,7 +145,7 @@ class EngineLink:
                     self.dropped += lines.dropped - dropped
                     self._note(
                         f"dropped {lines.dropped - dropped} message(s) from the engine: longer "
-                        f"than the {p.MAX_LINE_BYTES}-byte limit"
+                        f"than the {framing.MAX_LINE_BYTES}-byte limit"
                     )
         except (ConnectionError, OSError):
             pass  # the engine died mid-line; its exit code says why
@@ -159,7 +160,7 @@ class EngineLink:
         """The first line must be a hello with our token; anything else is a stranger."""
         try:
             hello = p.decode_hello(line)
-        except p.ProtocolError as err:
+        except framing.ProtocolError as err:
             self._note(f"refused a connection that did not start with hello: {err}")
             return False
         if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
@@ -170,7 +171,7 @@ class EngineLink:
     def _decode(self, line: bytes) -> p.Event | None:
         try:
             return p.decode(line)
-        except p.ProtocolError as err:
+        except framing.ProtocolError as err:
             self.dropped += 1
             self._note(f"dropped a message from the engine: {err}")
             return None

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from engine import protocol as p
-from engine.config import Config
+from engine.contract import events as p
+from engine.contract.config import Config
 
 if TYPE_CHECKING:
     from studio.jobs import Exit
@@ -60,9 +60,9 @@ class Detached(Message):
 
 @dataclass
 class ChatReply(Message):
-    """One reply line of the chat server: `ready`, `token`, `end` or `error`."""
+    """One reply of the chat server: ChatReady, ChatToken, ChatEnd or ChatError."""
 
-    reply: dict[str, Any]
+    reply: p.ChatReply
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 from test_train import corpus
 from textual.pilot import Pilot
 
-from engine import protocol as p
-from engine.config import load_preset, save, to_dict
+from engine.contract import events as p
+from engine.contract.config import load_preset, save, to_dict
 from studio.app import StudioApp
 from studio.panes.train import TrainPane
 

@@ -1,4 +1,4 @@
-"""A run's control endpoint (engine.control): who may connect, what a late watcher sees, and
+"""A run's control endpoint (engine.remote.ControlServer): who may connect, what a late watcher sees, and
 commands from several studios at once."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import protocol as p
-from engine.control import CONTROL_FILE, Commands, ControlRecord, ControlServer
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.rundir import ControlRecord, RunDir
+from engine.remote import Commands, ControlServer
 
 
 def dial(address: str, token: str = "") -> socket.socket:
-    kind, where = p.parse_address(address)
+    kind, where = framing.parse_address(address)
     sock = socket.socket(socket.AF_UNIX if kind == "unix" else socket.AF_INET)
     sock.settimeout(10)
     sock.connect(where)
@@ -24,7 +26,7 @@ def dial(address: str, token: str = "") -> socket.socket:
 
 
 def read_events(sock: socket.socket, count: int) -> list[p.Event]:
-    lines, events = p.LineBuffer(), []
+    lines, events = framing.LineBuffer(), []
     while len(events) < count:
         data = sock.recv(1 << 16)
         assert data, f"hung up after {len(events)} of {count} events"
@@ -52,10 +54,10 @@ def run_dir(tmp_path: Path) -> Path:
 def test_endpoint_is_private_and_a_late_watcher_gets_the_history_then_live_events(run_dir):
     server = ControlServer(run_dir)
     try:
-        record = ControlRecord.load(run_dir)
+        record = RunDir(run_dir).control_record()
         assert record == server.record and record.address.startswith("unix:")
         assert record.alive() and record.token == ""  # the folder is the lock, not a token
-        assert stat.S_IMODE((run_dir / CONTROL_FILE).stat().st_mode) == 0o600
+        assert stat.S_IMODE(RunDir(run_dir).control.stat().st_mode) == 0o600
         assert stat.S_IMODE(server.folder.stat().st_mode) == 0o700  # no one else may enter
         server.write(p.Log("before anyone watched"))
 
@@ -81,7 +83,7 @@ def test_endpoint_is_private_and_a_late_watcher_gets_the_history_then_live_event
         assert server.connected
     finally:
         server.close()
-    assert not (run_dir / CONTROL_FILE).exists() and not server.folder.exists()
+    assert not RunDir(run_dir).control.exists() and not server.folder.exists()
     assert read_events(second, 0) == [] and second.recv(10) == b""  # hung up on at the end
 
 
@@ -91,7 +93,7 @@ def test_over_tcp_a_client_without_the_token_is_shut_out(run_dir):
         assert server.address.startswith("tcp:127.0.0.1:") and len(server.token) == 32
         stranger = dial(server.address, token="guess")
         assert stranger.recv(1 << 16) == b""  # not one byte of the run
-        ours = dial(server.address, token=ControlRecord.load(run_dir).token)
+        ours = dial(server.address, token=RunDir(run_dir).control_record().token)
         assert len(read_events(ours, 2)) == 2
     finally:
         server.close()
@@ -128,7 +130,7 @@ def test_commands_from_the_launching_studio_and_the_endpoint_are_heard_as_one(ru
 
 def test_a_record_of_a_process_that_is_gone_is_not_alive(run_dir):
     record = ControlRecord("unix:/nonexistent/control.sock", "", 2**22 + 7, socket.gethostname())
-    record.save(run_dir)
-    assert ControlRecord.load(run_dir) == record and not record.alive()
-    (run_dir / CONTROL_FILE).write_text("{not json", encoding="utf-8")
-    assert ControlRecord.load(run_dir) is None
+    record.save(RunDir(run_dir).control)
+    assert RunDir(run_dir).control_record() == record and not record.alive()
+    RunDir(run_dir).control.write_text("{not json", encoding="utf-8")
+    assert RunDir(run_dir).control_record() is None

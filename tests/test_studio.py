@@ -19,7 +19,7 @@ from test_train import corpus, tiny_config
 from textual.command import CommandList
 from textual.pilot import Pilot
 
-from engine import protocol as p
+from engine.contract import events as p
 from studio.panes.chat import LIVE
 from studio.panes.train import RunState
 from studio.widgets.dialogs import ChoiceDialog
@@ -371,7 +371,7 @@ def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
         chat = app.chat_pane
         assert app.tabs.active == "chat" and chat.source == str(cfg.run_dir)
         await until(pilot, lambda: chat.ready is not None, "the model to load")
-        assert chat.ready["step"] == 10
+        assert chat.ready.step == 10
         settings = chat.setting("max_tokens")
         settings.editor.focus()
         await pilot.press("ctrl+u", *"40")
@@ -383,7 +383,7 @@ def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
         assert not chat.history  # refused: the temperature is out of range
         assert app.notes[-1] == (
             "error",
-            "temperature: 9.0 is not a number from 0 (always the likeliest) to 5",
+            "temperature: 9.0 is not a number from 0 to 5 (0: greedy)",
         )
         chat.setting("temperature").editor.focus()
         await pilot.press("ctrl+u", *"0.8")

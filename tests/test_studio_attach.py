@@ -12,9 +12,9 @@ from studio_helpers import RecordingApp, drive, log_text, until
 from test_train import tiny_config
 from textual.pilot import Pilot
 
-from engine import protocol as p
-from engine.config import save
-from engine.control import ControlRecord
+from engine.contract import events as p
+from engine.contract.config import save
+from engine.contract.rundir import RunDir
 from studio.app import main
 from studio.panes.train import RunState
 
@@ -31,7 +31,7 @@ def test_a_headless_run_is_attached_from_the_runs_pane_paused_and_stopped(tmp_pa
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while (record := ControlRecord.load(cfg.run_dir)) is None:
+        while (record := RunDir(cfg.run_dir).control_record()) is None:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the run never opened its control endpoint"
             time.sleep(0.1)
@@ -59,7 +59,7 @@ def test_a_headless_run_is_attached_from_the_runs_pane_paused_and_stopped(tmp_pa
 
         drive(test, config=cfg)
         assert proc.wait(timeout=60) == 0
-        assert ControlRecord.load(cfg.run_dir) is None  # nothing left to attach to
+        assert RunDir(cfg.run_dir).control_record() is None  # nothing left to attach to
     finally:
         proc.kill()
         proc.wait()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from studio_helpers import RecordingApp, drive, until
 from textual.pilot import Pilot
 
-from engine.config import apply_overrides, load, load_preset
+from engine.contract.config import apply_overrides, load, load_preset
 from studio.command import headless_command
 from studio.widgets.dialogs import CommandDialog
 

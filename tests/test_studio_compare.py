@@ -7,8 +7,8 @@ from pathlib import Path
 from studio_helpers import RecordingApp, drive, finished_run, until
 from textual.pilot import Pilot
 
-from engine import protocol as p
-from engine.config import Config
+from engine.contract import events as p
+from engine.contract.config import Config
 from studio.widgets.charts import Series, draw, ema
 from studio.widgets.compare import config_differences
 

@@ -18,7 +18,9 @@ from textual.command import CommandList
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from engine.config import Config, human, load, load_preset, presets, summary
+from engine.contract.config import Config, load, load_preset, presets
+from engine.contract.render import human
+from engine.contract.sizing import summary
 from studio.app import StudioApp, main
 from studio.messages import ConfigChanged
 from studio.panes.config import PRESET_KEYS, ConfigPane, from_editor, to_editor

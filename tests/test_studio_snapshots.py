@@ -17,8 +17,8 @@ from studio_helpers import finished_run
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from engine import protocol as p
-from engine.config import load_preset
+from engine.contract import events as p
+from engine.contract.config import load_preset
 from studio.app import StudioApp
 
 SIZE = (120, 40)

@@ -1,7 +1,7 @@
 """The Runs pane: every run under the config's out_dir; open one to see its curves; resume it
 or chat with it.
 
-Runs are read from disk (studio.rundir), never from memory, so a run trained headless on this
+Runs are read from disk (engine.contract.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
 shown in the same RunView as the Train pane's and followed by a worker: its curves grow while
 its metrics.jsonl does.
@@ -18,9 +18,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
+from engine.contract.render import shown_path
+from engine.contract.rundir import RunCurves, RunInfo, list_runs, read_curves
 from studio.jobs import MetricsFollower
 from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
-from studio.rundir import RunCurves, RunInfo, list_runs, read_curves, shown_path
 from studio.widgets.charts import RunCharts
 from studio.widgets.compare import CompareView
 from studio.widgets.runview import RunView

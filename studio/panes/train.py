@@ -25,9 +25,12 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Button, Static
 
-from engine import protocol as p
-from engine.config import Config, human, summary
-from engine.control import ControlRecord
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.config import Config
+from engine.contract.render import human
+from engine.contract.rundir import RunDir
+from engine.contract.sizing import summary
 from studio.command import headless_command
 from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
 from studio.machine import device_memory
@@ -62,8 +65,8 @@ class RunState(Enum):
 
 
 def holds_run(run_dir: Path) -> bool:
-    """What engine.train refuses to start over: a run directory with metrics or checkpoints."""
-    return any((run_dir / n).exists() for n in ("metrics.jsonl", "checkpoints"))
+    """What engine.train refuses to start over (the one rule in RunDir)."""
+    return RunDir(run_dir).is_run()
 
 
 def free_name(out_dir: Path, name: str) -> str:
@@ -376,7 +379,7 @@ class TrainPane(Vertical):
         where = str(where)
         run_dir: Path | None = Path(where) if Path(where).is_dir() else None
         if run_dir is not None:
-            record = ControlRecord.load(run_dir)
+            record = RunDir(run_dir).control_record()
             if record is None or not record.alive():
                 self.notify(
                     f"{run_dir} is not training now (no live control endpoint): open it in the "
@@ -388,7 +391,7 @@ class TrainPane(Vertical):
                 return False
             address, token, name = record.address, record.token, run_dir.name
         else:
-            address, token, name = where, os.environ.get(p.TOKEN_ENV, ""), where
+            address, token, name = where, os.environ.get(framing.TOKEN_ENV, ""), where
         self.workers.cancel_group(self, "train-follow")
         self.follower = None
         self.view.reset(name, run_dir, waiting=True)
@@ -455,8 +458,10 @@ class TrainPane(Vertical):
                 self.view.show_sample(event)
             elif isinstance(event, p.Sample) and event.id:
                 self.post_message(SampleAnswered(event))
-            elif isinstance(event, p.Log) and event.level == "info":
-                self._paused_or_resumed(event.message)
+            elif isinstance(event, p.Paused) and self.state is RunState.TRAINING:
+                self.state = RunState.PAUSED
+            elif isinstance(event, p.Resumed) and self.state is RunState.PAUSED:
+                self.state = RunState.TRAINING
             elif isinstance(event, p.Done) and self.state is RunState.FOLLOWING:
                 self.state = RunState.IDLE  # nothing more will come: no longer following
         if self.state is not RunState.IDLE:
@@ -488,13 +493,6 @@ class TrainPane(Vertical):
         self.job = None
         self.state = RunState.IDLE
         self.post_message(RunChanged(None, None))
-
-    def _paused_or_resumed(self, message: str) -> None:
-        # the engine confirms pause and resume with these log lines (engine.train.obey)
-        if message.startswith("paused after step") and self.state is RunState.TRAINING:
-            self.state = RunState.PAUSED
-        elif message.startswith("resumed at step") and self.state is RunState.PAUSED:
-            self.state = RunState.TRAINING
 
     def _show_status(self) -> None:
         if self.state is RunState.IDLE and self.last_exit is None and not self.view.events_seen:

@@ -7,8 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
+from engine.contract.rundir import RunCurves
 from studio.command import flatten
-from studio.rundir import RunCurves
 from studio.widgets.charts import Chart, Series
 
 

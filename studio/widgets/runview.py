@@ -18,8 +18,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, RichLog, Static
 
-from engine import protocol as p
-from engine.config import duration, human
+from engine.contract import events as p
+from engine.contract.render import duration, event_line, human, progress_line, sample_block
 from studio.widgets.charts import RunCharts
 
 FLUSH_S = 0.1
@@ -122,8 +122,8 @@ class RunView(Vertical):
                 self.max_steps, self.step = event.max_steps, event.resumed_from
                 on_gpu = event.device.startswith("cuda")
                 charts.set_memory_title("GPU memory GB" if on_gpu else "memory GB (RSS)")
-            elif isinstance(event, p.Step):
-                self.step = event.step
+            elif isinstance(event, (p.Step, p.Paused, p.Resumed)):
+                self.step = event.step  # a pause says the very step it holds at
             elif isinstance(event, p.Sample) and not event.id:
                 self.samples.append(event)
 
@@ -187,15 +187,12 @@ class RunView(Vertical):
         if self.max_steps:
             return
         self.progress.update(total=event.total, progress=event.done)
-        amount = human(event.done, event.unit)
-        if event.total:
-            amount += f" of {human(event.total, event.unit)}"
-        self.eta.update(f"{event.task}: {amount}")
+        self.eta.update(progress_line(event))
 
     def _show_samples(self) -> None:
         latest = self.samples[-1].step
         shown = [s for s in self.samples if s.step == latest] or [self.samples[-1]]
-        self.samples_text.update("\n\n".join(render_sample(s) for s in shown))
+        self.samples_text.update("\n\n".join(sample_block(s) for s in shown))
 
     def _show_figures(self) -> None:
         # short lines of fixed size while events stream in, so no relayout each time
@@ -218,11 +215,6 @@ class RunView(Vertical):
         self.figures.update("  ·  ".join(figures), layout=False)
 
 
-def render_sample(sample: p.Sample) -> str:
-    """A live sample as the studio shows it: where it came from, then prompt and continuation."""
-    return f"step {sample.step} · {sample.prompt!r}\n{sample.prompt}{sample.text}"
-
-
 def describe(event: p.Event) -> str | None:
     """The log line an event gets; steps are in the charts and figures, not the log."""
     if isinstance(event, p.Start):
@@ -235,12 +227,8 @@ def describe(event: p.Event) -> str | None:
         return f"step {event.step}: val loss {event.val_loss:.4f} (perplexity {event.ppl:.2f})"
     if isinstance(event, p.Checkpoint):
         return f"step {event.step}: saved {event.path}" + (" (best so far)" if event.best else "")
-    if isinstance(event, p.Done):
-        return f"done at step {event.step} ({event.reason}) after {duration(event.elapsed_s)}"
-    if isinstance(event, p.Error):
-        return f"error: {event.message}"
-    if isinstance(event, p.Log):
-        return event.message if event.level == "info" else f"{event.level}: {event.message}"
+    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady)):
+        return event_line(event, 0)  # as the engine's console writes it
     if isinstance(event, p.Sample) and event.id:
         return f"step {event.step}: answered sample request {event.id}"
     return None
