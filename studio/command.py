@@ -15,6 +15,7 @@ import tomli_w
 import tomllib
 
 from engine.contract.config import Config, ConfigError, load, presets, to_dict
+from engine.contract.render import shown_path
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:
@@ -52,21 +53,17 @@ def _not_toml(text: str) -> bool:
 
 
 def base_of(source: str) -> tuple[str, Config]:
-    """The command's config argument for a form filled from `source`, and what it loads to.
-    A form with no file behind it starts from the smallest preset."""
+    """The command's config argument for a form filled from `source`, and what it loads to: a
+    preset by name (shipped with the engine, so it works in any folder), else the file. A form
+    with no file behind it starts from the smallest preset."""
     kind, _, name = source.partition(":")
     found = presets()
     if kind == "preset" and name in found:
-        path = found[name]
-    elif source and not source.startswith("preset:") and Path(source).is_file():
-        path = Path(source)
-    else:
-        path = next(iter(found.values()))
-    try:
-        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        shown = str(path)
-    return shown, load(path)
+        return name, load(found[name])
+    if source and not source.startswith("preset:") and Path(source).is_file():
+        return shown_path(Path(source)), load(source)
+    name = next(iter(found))
+    return name, load(found[name])
 
 
 def headless_command(config: Config, source: str) -> str:

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("engine_on_path")
 # --- training -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_trains_live_charts_samples_chat_pause_resume_and_stop(tmp_path):
     async def test(app: RecordingApp, pilot: Pilot) -> None:
         config = app.config_pane
@@ -226,6 +227,7 @@ def test_quitting_can_stop_the_run_with_a_checkpoint(tmp_path):
 # --- runs on disk -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runs_pane_lists_a_run_shows_its_curves_and_resumes_it(tmp_path):
     from engine.train import train as train_headless
 
@@ -357,6 +359,7 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
 # --- chat ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
     from engine.train import train as train_headless
 

@@ -21,6 +21,7 @@ from studio.panes.train import RunState
 pytestmark = pytest.mark.usefixtures("engine_on_path")
 
 
+@pytest.mark.slow
 def test_a_headless_run_is_attached_from_the_runs_pane_paused_and_stopped(tmp_path):
     cfg = tiny_config(tmp_path, train__max_steps=100_000, log__interval=5)
     cfg.train.eval_interval = cfg.checkpoint.interval = 50

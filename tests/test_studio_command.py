@@ -23,7 +23,7 @@ def reload(command: str):
 
 def test_the_command_names_the_preset_and_only_the_fields_that_differ(monkeypatch, tmp_path):
     config = load_preset("tiny")
-    assert headless_command(config, "preset:tiny") == "python -m engine.train presets/tiny.toml"
+    assert headless_command(config, "preset:tiny") == "python -m engine.train tiny"
     apply_overrides(config, ["--train.lr=0.002", "--name=my run", '--train.sample_prompts=["A "]'])
     command = headless_command(config, "preset:tiny")
     assert "--train.lr=0.002" in command and "'--name=my run'" in command
@@ -46,7 +46,7 @@ def test_f6_in_the_config_pane_shows_the_command_to_copy():
         await pilot.press("f6")
         await until(pilot, lambda: isinstance(app.screen, CommandDialog), "the dialog")
         command = app.screen.command
-        assert command == "python -m engine.train presets/mini.toml --train.max_steps=1234"
+        assert command == "python -m engine.train mini --train.max_steps=1234"
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, CommandDialog), "it to close")
 
@@ -54,3 +54,10 @@ def test_f6_in_the_config_pane_shows_the_command_to_copy():
 
 
 pytestmark = pytest.mark.usefixtures("engine_on_path")
+
+
+def test_a_preset_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no presets/ folder here: they ship inside the package
+    assert load("tiny") == load_preset("tiny")
+    config = load_preset("mini")
+    assert reload(headless_command(config, "preset:mini")) == config
