@@ -73,6 +73,7 @@ class Exit:
     code: int
     stderr: list[str] = field(default_factory=list)
     error: p.Error | None = None  # the engine's own usage error, with its fields
+    ranks: dict[int, str] = field(default_factory=dict)  # under torchrun: each failed rank's
 
     @classmethod
     def read(cls, code: int, lines: list[str]) -> Exit:
@@ -101,6 +102,38 @@ class Exit:
         return f"the engine exited with code {self.code}"
 
 
+RANK_LOGS = "ranks"  # under the job's folder: torchrun's log of each rank's stderr
+
+
+def train_command(args: list[str], processes: int, folder: Path) -> list[str]:
+    """`python -m engine.train ARGS`, or with several processes the same under torchrun on this
+    machine (each rank's stderr kept apart, so a rank that fails is shown with its own error)."""
+    if processes <= 1:
+        return engine_command("engine.train", *args)
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={processes}", f"--log-dir={folder / RANK_LOGS}", "--redirects=2",
+        "-m", "engine.train", *args,
+    ]  # fmt: skip
+
+
+def rank_errors(logs: Path) -> dict[int, str]:
+    """Each failed rank's own error (its `error` record, else its last line), by rank."""
+    out: dict[int, str] = {}
+    for path in sorted(logs.glob("**/stderr.log")):
+        try:
+            rank = int(path.parent.name)
+            lines = tail_lines(path.read_text(encoding="utf-8", errors="replace"))
+        except (ValueError, OSError):
+            continue
+        exit = Exit.read(1, lines)
+        if exit.error is not None:
+            out[rank] = exit.error.message
+        elif any("Error" in line or "error" in line for line in lines):
+            out[rank] = lines[-1]
+    return out
+
+
 class TrainJob:
     """`python -m engine.train CONFIG --report-to ADDRESS`, and the link it reports to.
 
@@ -118,12 +151,14 @@ class TrainJob:
         *,
         force_tcp: bool = False,
         command: Callable[[list[str]], list[str]] | None = None,
+        processes: int = 1,
     ) -> None:
         self.target = target
         self.folder = private_dir()
         self.link = EngineLink(target, folder=self.folder, force_tcp=force_tcp)
+        self.processes = processes
         # what to run for the engine's arguments; a benchmark swaps in a stand-in engine
-        self.command = command or (lambda args: engine_command("engine.train", *args))
+        self.command = command or (lambda args: train_command(args, processes, self.folder))
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit: Exit | None = None
         self.left = False  # the user left it training headless: no longer ours
@@ -150,6 +185,8 @@ class TrainJob:
             except OSError:
                 text = b""
             self.exit = Exit.read(code, tail_lines(text.decode("utf-8", "replace")))
+            if self.processes > 1:
+                self.exit.ranks = rank_errors(self.folder / RANK_LOGS)
             self.target.post_message(EngineExited(self.exit))
             return self.exit
         finally:
@@ -348,6 +385,8 @@ def first_error(exit: Exit) -> str:
     """The engine's own usage error (its `error` record), else how it ended."""
     if exit.error is not None:
         return exit.error.message
+    if exit.ranks:
+        return "; ".join(f"rank {rank}: {error}" for rank, error in sorted(exit.ranks.items()))
     return exit.describe() + (f": {exit.stderr[-1]}" if exit.stderr else "")
 
 

@@ -23,7 +23,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Button, Static
+from textual.widgets import Button, Input, Label, Static
 
 from engine.contract import events as p
 from engine.contract import framing
@@ -118,6 +118,14 @@ class TrainPane(Vertical):
             yield Button("Pause", id="train-pause", compact=True, tooltip="p")
             yield Button("Stop", id="train-stop", compact=True, tooltip="x")
             yield Button("Save now", id="train-save", compact=True, tooltip="c")
+            yield Label("processes", id="train-processes-label")
+            yield Input(
+                "1",
+                id="train-processes",
+                type="integer",
+                compact=True,
+                tooltip="more than 1: torchrun on this machine (DDP or FSDP by train.parallel)",
+            )
             yield Static(id="train-status", markup=False)
         yield RunView(id="train-view")
 
@@ -128,6 +136,14 @@ class TrainPane(Vertical):
     @property
     def status(self) -> Static:
         return self.query_one("#train-status", Static)
+
+    @property
+    def processes(self) -> int:
+        """How many processes the next run gets (the field; 1 when empty or not a number)."""
+        try:
+            return max(1, int(self.query_one("#train-processes", Input).value or 1))
+        except ValueError:
+            return 1
 
     # what the run view knows, for the App, tests and benchmarks
     @property
@@ -246,7 +262,12 @@ class TrainPane(Vertical):
         self.state = RunState.STARTING
         verb = "continuing" if resume else "starting"
         self.view.write(f"{verb} {config.name}: python -m engine.train ... in {Path.cwd()}")
-        self.job = TrainJob(self, command=self.engine_command)
+        processes = self.processes
+        self.job = TrainJob(self, command=self.engine_command, processes=processes)
+        if processes > 1:
+            self.view.write(
+                f"{processes} processes under torchrun ({config.train.parallel}); one run"
+            )
         self._run_job(self.job, config, resume)
         self.post_message(RunChanged(config.name, config.run_dir))
 
@@ -488,6 +509,8 @@ class TrainPane(Vertical):
             self.view.write(f"{exit.describe()}; the last lines it wrote:", error=True)
             for line in exit.stderr:
                 self.view.write(f"  {line}", error=True)
+            for rank, error in sorted(exit.ranks.items()):
+                self.view.write(f"rank {rank} failed: {error}", error=True)
             self.notify(first_error(exit), title="Training failed", severity="error", markup=False)
         self.view.ended()
         self.job = None
