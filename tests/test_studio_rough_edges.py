@@ -98,3 +98,15 @@ def test_the_last_valid_config_is_remembered_for_the_next_studio(tmp_path, monke
     assert main([]) == 0
     config, source = opened[0]
     assert config.train.max_steps == 4321 and source == str(last_config_path())
+
+
+def test_answers_to_a_studios_questions_are_not_recorded_as_the_runs_samples(tmp_path):
+    from engine import metrics
+    from engine.contract import events as p
+
+    sink = metrics.SamplesSink(tmp_path / "samples.txt")
+    sink.write(p.Sample(step=10, prompt="The ", text="end", id=""))
+    sink.write(p.Sample(step=11, prompt="my question ", text="answer", id="chat-1"))
+    sink.close()
+    text = (tmp_path / "samples.txt").read_text(encoding="utf-8")
+    assert "The end" in text and "my question" not in text
