@@ -224,8 +224,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         path = presets()[str(path)]
     if not path.is_file():
         raise ConfigError(
-            f"{path}: no such config file (give a .toml file, or a preset: "
-            f"{', '.join(presets())})"
+            f"{path}: no such config file (give a .toml file, or a preset: {', '.join(presets())})"
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
