@@ -86,7 +86,9 @@ async def latency(presses: int, workdir: Path) -> dict[str, list[float]]:
         train = app.query_one(TrainPane)
         train.engine_command = lambda args: [sys.executable, str(FAKE_ENGINE), *args]
         await pilot.press("ctrl+t", "s")
+        deadline = time.perf_counter() + 120
         while train.step < 200:  # the flood is on, the charts have plenty to draw
+            assert time.perf_counter() < deadline, (train.state, train.view.log_lines[-5:])
             await asyncio.sleep(0.05)
         first = train.view.events_seen
         began = time.perf_counter()
