@@ -82,7 +82,7 @@ def test_log_scale_and_smoothing_are_named_in_the_title_and_change_the_drawing()
 
 
 def test_a_run_without_metrics_compares_as_an_empty_curve(tmp_path: Path):
-    from studio.rundir import read_curves
+    from engine.contract.rundir import read_curves
 
     folder = tmp_path / "empty"
     folder.mkdir()
