@@ -36,7 +36,7 @@ from engine.contract.config import Config, load_preset, save  # noqa: E402
 from engine.contract.rundir import MetricsTail  # noqa: E402
 from studio.app import StudioApp  # noqa: E402
 from studio.panes.chat import ChatPane  # noqa: E402
-from studio.panes.train import IDLE, TrainPane  # noqa: E402
+from studio.panes.train import RunState, TrainPane  # noqa: E402
 
 FAKE_ENGINE = ROOT / "tests" / "fake_engine.py"
 SIZE = (120, 40)
@@ -86,13 +86,15 @@ async def latency(presses: int, workdir: Path) -> dict[str, list[float]]:
         train = app.query_one(TrainPane)
         train.engine_command = lambda args: [sys.executable, str(FAKE_ENGINE), *args]
         await pilot.press("ctrl+t", "s")
+        deadline = time.perf_counter() + 120
         while train.step < 200:  # the flood is on, the charts have plenty to draw
+            assert time.perf_counter() < deadline, (train.state, train.view.log_lines[-5:])
             await asyncio.sleep(0.05)
-        first = train.events_seen
+        first = train.view.events_seen
         began = time.perf_counter()
         for _ in range(presses):
-            n = len(train.log_lines)
-            ms = await probe.press(pilot, "c", lambda n=n: len(train.log_lines) > n)
+            n = len(train.view.log_lines)
+            ms = await probe.press(pilot, "c", lambda n=n: len(train.view.log_lines) > n)
             out["train: save now"].append(1000 * ms)
             await asyncio.sleep(0.05)
         await pilot.press("ctrl+l")
@@ -108,11 +110,11 @@ async def latency(presses: int, workdir: Path) -> dict[str, list[float]]:
             ms = await probe.press(pilot, key, lambda pane=pane: tabs.active == pane)
             out["switch pane"].append(1000 * ms)
             await asyncio.sleep(0.05)
-        rate = (train.events_seen - first) / (time.perf_counter() - began)
+        rate = (train.view.events_seen - first) / (time.perf_counter() - began)
         print(f"events applied during the key presses: {rate:.0f}/s")
         assert isinstance(app.query_one(ChatPane), ChatPane)
         await pilot.press("ctrl+t", "x")
-        while train.state != IDLE:
+        while train.state is not RunState.IDLE:
             await asyncio.sleep(0.05)
     return out
 
@@ -148,11 +150,11 @@ async def attached(cfg: Config) -> float:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+t")
         train = app.query_one(TrainPane)
-        await train.start_run(cfg)
-        while train.state != IDLE:
+        train.start_run(cfg)
+        while train.state is not RunState.IDLE:
             await asyncio.sleep(0.1)
-        assert train.last_exit is not None and train.last_exit.code == 0, train.log_lines[-5:]
-        assert train.events_seen > cfg.train.max_steps // cfg.log.interval
+        assert train.last_exit is not None and train.last_exit.code == 0, train.view.log_lines[-5:]
+        assert train.view.events_seen > cfg.train.max_steps // cfg.log.interval
     return tokens_per_s(cfg.run_dir)
 
 

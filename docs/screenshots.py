@@ -24,7 +24,7 @@ from studio.app import StudioApp  # noqa: E402
 from studio.panes.chat import LIVE, ChatPane  # noqa: E402
 from studio.panes.dataset import DatasetPane  # noqa: E402
 from studio.panes.runs import RunsPane  # noqa: E402
-from studio.panes.train import IDLE, TrainPane  # noqa: E402
+from studio.panes.train import RunState, TrainPane  # noqa: E402
 
 SIZE = (130, 40)
 STEPS = 600
@@ -68,7 +68,7 @@ async def a_run(folder: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         train = app.query_one(TrainPane)
         await pilot.press("ctrl+t", "s")
-        await until(pilot, lambda: train.step >= STEPS - 100 and train.samples)
+        await until(pilot, lambda: train.step >= STEPS - 100 and train.view.samples)
         await pilot.pause(1.0)  # the charts' next redraw
         app.save_screenshot("train-pane.svg", path=str(DOCS))
 
@@ -81,7 +81,7 @@ async def a_run(folder: Path) -> None:
         await pilot.pause(0.5)
         app.save_screenshot("chat-pane.svg", path=str(DOCS))
 
-        await until(pilot, lambda: train.state == IDLE)
+        await until(pilot, lambda: train.state is RunState.IDLE)
         await pilot.press("ctrl+r")
         runs = app.query_one(RunsPane)
         await until(pilot, lambda: runs.runs)

@@ -64,7 +64,7 @@ class SamplesSink:
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, event: p.Event) -> None:
-        if isinstance(event, p.Sample):
+        if isinstance(event, p.Sample) and not event.id:  # not a studio's question
             self.file.write(f"--- step {event.step} | {event.prompt!r}\n{sample_text(event)}\n\n")
             self.file.flush()
 
@@ -108,7 +108,7 @@ class TensorBoardSink:
         elif isinstance(event, p.Eval):
             self.writer.add_scalar("val/loss", event.val_loss, event.step)
             self.writer.add_scalar("val/ppl", event.ppl, event.step)
-        elif isinstance(event, p.Sample):
+        elif isinstance(event, p.Sample) and not event.id:  # not a studio's question
             self.writer.add_text("sample", sample_text(event), event.step)
 
     def close(self) -> None:

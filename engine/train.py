@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a GPT from a TOML config; any key can be overridden as "
         "--section.key=value (e.g. --train.max_steps=500).",
     )
-    parser.add_argument("config", help="a TOML config, e.g. presets/tiny.toml")
+    parser.add_argument("config", help="a TOML config, or a preset: tiny, mini, medium, large")
     parser.add_argument(
         "--resume", nargs="?", const="", default=None, metavar="PATH",
         help="continue the run from its latest checkpoint, or from PATH "

@@ -4,14 +4,16 @@ The app stays small: each pane owns its widgets, bindings and styling; this modu
 panes, turns their bindings into command-palette entries, routes the messages panes send up to
 the panes that need them, and handles the command line.
 
-One config flows through it: the Config pane holds it; the Dataset pane's choices go into that
-form; every change comes back as `ConfigPane.Changed` and is handed down to the Dataset, Train,
-Chat and Runs panes.
+Data flows down by attributes and up by messages (studio.messages). One config flows through
+it: the Config pane edits it and posts `ConfigChanged`; the App keeps the current one in its
+`config` reactive, which the Dataset, Train, Chat and Runs panes watch. The Dataset pane's
+choices go into the Config pane's form as `ValuesChosen`. Which run trains now is `live_run`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 from collections.abc import Iterable
 from functools import partial
@@ -22,18 +24,34 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
+from textual.reactive import reactive
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent, TabPane
 
 from engine.contract import __version__
-from engine.contract.config import Config, ConfigError, load
+from engine.contract.config import Config, ConfigError, load, save
 from engine.contract.errors import UsageError, cli_entry
+from engine.contract.rundir import RunDir
+from studio.machine import last_config_path
+from studio.messages import (
+    AskLive,
+    AttachRun,
+    ChatWith,
+    ConfigChanged,
+    ConfigState,
+    FixConfig,
+    ResumeRun,
+    RunChanged,
+    SampleAnswered,
+    ValuesChosen,
+)
 from studio.panes.chat import ChatPane
 from studio.panes.config import ConfigPane
 from studio.panes.dataset import DatasetPane
 from studio.panes.runs import RunsPane
-from studio.panes.train import TrainPane
+from studio.panes.train import RunState, TrainPane
 from studio.widgets.keybar import KeyBar
 
 HERE = Path(__file__).parent
@@ -61,6 +79,7 @@ class StudioApp(App[None]):
         HERE / "app.tcss",
         *(HERE / "panes" / f"{pane}.tcss" for pane in PANES),
         HERE / "widgets/form.tcss",
+        HERE / "widgets/runview.tcss",
     ]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit (asks first if a run is training)"),
@@ -77,19 +96,31 @@ class StudioApp(App[None]):
         ],
     ]
 
+    config: reactive[ConfigState | None] = reactive(None, init=False)
+    """The Config pane's config and its faults: the one every pane watches."""
+    live_run: reactive[str | None] = reactive(None, init=False)
+    """The name of the run the Train pane is training now, if any."""
+
     def __init__(
-        self, config: Config | None = None, source: str = "", *, follow: Path | None = None
+        self,
+        config: Config | None = None,
+        source: str = "",
+        *,
+        follow: Path | None = None,
+        attach: str | None = None,
     ) -> None:
         super().__init__()
         self._initial = (config, source)
         self.follow_dir = follow
+        self.attach_to = attach  # a run folder or a control address
+        self._remember: Timer | None = None
 
     def get_default_screen(self) -> Screen:
         return PanesScreen(id="_default")
 
     def compose(self) -> ComposeResult:
         yield Header()
-        start = "train" if self.follow_dir else "config"
+        start = "train" if self.follow_dir or self.attach_to else "config"
         with TabbedContent(id="panes", initial=start):
             for pane, (title, key, _) in PANES.items():
                 with TabPane(f"{title} {self.get_key_display(Binding(key, ''))}", id=pane):
@@ -102,10 +133,37 @@ class StudioApp(App[None]):
         kinds = {"dataset": DatasetPane, "train": TrainPane, "chat": ChatPane, "runs": RunsPane}
         return kinds[pane](id=f"{pane}-pane")
 
+    # the panes, typed
+    @property
+    def config_pane(self) -> ConfigPane:
+        return self.query_one(ConfigPane)
+
+    @property
+    def dataset_pane(self) -> DatasetPane:
+        return self.query_one(DatasetPane)
+
+    @property
+    def train_pane(self) -> TrainPane:
+        return self.query_one(TrainPane)
+
+    @property
+    def chat_pane(self) -> ChatPane:
+        return self.query_one(ChatPane)
+
+    @property
+    def runs_pane(self) -> RunsPane:
+        return self.query_one(RunsPane)
+
+    @property
+    def tabs(self) -> TabbedContent:
+        return self.query_one(TabbedContent)
+
     def on_mount(self) -> None:
         if self.follow_dir is not None:
-            self.query_one(TrainPane).follow(self.follow_dir)
-        self.action_show_pane(self.query_one(TabbedContent).active)
+            self.train_pane.follow(self.follow_dir)
+        elif self.attach_to is not None:
+            self.train_pane.attach(self.attach_to)
+        self.action_show_pane(self.tabs.active)
         self.call_after_refresh(_settle_heap)
 
     # -- panes -----------------------------------------------------------------------------
@@ -117,7 +175,7 @@ class StudioApp(App[None]):
 
     def action_show_pane(self, pane: str) -> None:
         """Switch to a pane and put the cursor in it, so its keys are live in the footer."""
-        self.query_one(TabbedContent).active = pane
+        self.tabs.active = pane
         self._focus_pane(pane)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -125,9 +183,9 @@ class StudioApp(App[None]):
         if pane in PANES and not self._focus_is_in(pane):
             self._focus_pane(pane)
         if pane == "runs":
-            self.query_one(RunsPane).action_refresh()
+            self.runs_pane.action_refresh()
         elif pane == "chat":
-            self.query_one(ChatPane).refresh_models()
+            self.chat_pane.refresh_models()
 
     def _focus_is_in(self, pane: str) -> bool:
         focused = self.focused
@@ -154,59 +212,70 @@ class StudioApp(App[None]):
                 partial(self.run_action, binding.action, node),
             )
 
-    # -- one config, handed down -----------------------------------------------------------
+    # -- one config, watched ----------------------------------------------------------------
 
-    def on_config_pane_changed(self, event: ConfigPane.Changed) -> None:
-        self.query_one(DatasetPane).show_config(event.config, event.errors)
-        self.query_one(TrainPane).show_config(event.config, event.errors)
-        self.query_one(RunsPane).set_out_dir(event.config.out_dir)
-        self.query_one(ChatPane).set_out_dir(event.config.out_dir)
+    def on_config_changed(self, message: ConfigChanged) -> None:
+        self.config = message.state
+        if message.state.valid:  # remembered for the next session, a second after typing stops
+            if self._remember is not None:
+                self._remember.stop()
+            self._remember = self.set_timer(1.0, self._save_last_config)
 
-    def on_dataset_pane_chosen(self, event: DatasetPane.Chosen) -> None:
-        self.query_one(ConfigPane).set_values(event.values)
+    def _save_last_config(self) -> None:
+        if self.config is None:
+            return
+        path = last_config_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(self.config.config, path, overwrite=True)
+        except (OSError, ConfigError):
+            pass  # remembering is a convenience: a read-only home costs nothing else
+
+    def on_values_chosen(self, message: ValuesChosen) -> None:
+        self.config_pane.set_values(message.values)
 
     # -- the training run ------------------------------------------------------------------
 
-    def on_train_pane_fix_config(self, event: TrainPane.FixConfig) -> None:
-        self.query_one(TabbedContent).active = "config"
-        self.query_one(ConfigPane).focus_field(event.key)
+    def on_fix_config(self, message: FixConfig) -> None:
+        self.tabs.active = "config"
+        self.config_pane.focus_field(message.key)
 
-    def on_train_pane_renamed(self, event: TrainPane.Renamed) -> None:
-        self.query_one(ConfigPane).set_values({"name": event.name})
+    def on_run_changed(self, message: RunChanged) -> None:
+        self.live_run = message.name
+        self.runs_pane.action_refresh()
 
-    def on_train_pane_run_changed(self, event: TrainPane.RunChanged) -> None:
-        self.query_one(ChatPane).set_live_run(event.name)
-        self.query_one(RunsPane).action_refresh()
+    def on_sample_answered(self, message: SampleAnswered) -> None:
+        self.chat_pane.live_answer(message.sample)
 
-    def on_train_pane_sample_answered(self, event: TrainPane.SampleAnswered) -> None:
-        self.query_one(ChatPane).live_answer(event.sample)
-
-    def on_chat_pane_ask_live(self, event: ChatPane.AskLive) -> None:
-        if not self.query_one(TrainPane).ask_sample(event.request):
-            self.query_one(ChatPane).live_refused(event.request.id)
+    def on_ask_live(self, message: AskLive) -> None:
+        if not self.train_pane.ask_sample(message.request):
+            self.chat_pane.live_refused(message.request.id)
 
     # -- runs on disk ----------------------------------------------------------------------
 
-    @work(exclusive=True, group="resume")
-    async def on_runs_pane_resume(self, event: RunsPane.Resume) -> None:
+    def on_resume_run(self, message: ResumeRun) -> None:
         """Load the run's own config into the form and continue it in the Train pane."""
-        train = self.query_one(TrainPane)
-        if train.state != "idle":
+        train = self.train_pane
+        if train.state is not RunState.IDLE:
             self.notify("A run is already going in the Train pane.", severity="error")
             return
         try:
-            config = load(event.run_dir / "config.toml")
+            config = load(message.run_dir / "config.toml")
         except ConfigError as err:
             self.notify(str(err), title="Cannot resume", severity="error", markup=False)
             return
         # the run folder as found, whatever the working directory was when it was trained
-        config.out_dir, config.name = str(event.run_dir.parent), event.run_dir.name
-        self.query_one(ConfigPane).show_config(config, str(event.run_dir / "config.toml"))
+        config.out_dir, config.name = str(message.run_dir.parent), message.run_dir.name
+        self.config_pane.show_config(config, str(message.run_dir / "config.toml"))
         self.action_show_pane("train")
-        await train.start_run(config, resume=True)
+        train.start_run(config, resume=True)
 
-    def on_runs_pane_chat(self, event: RunsPane.Chat) -> None:
-        self.query_one(ChatPane).use(str(event.run_dir))  # first: showing it would pick one
+    def on_attach_run(self, message: AttachRun) -> None:
+        if self.train_pane.attach(message.run_dir):
+            self.action_show_pane("train")
+
+    def on_chat_with(self, message: ChatWith) -> None:
+        self.chat_pane.use(str(message.run_dir))  # first: showing it would pick one
         self.action_show_pane("chat")
 
     # -- quitting --------------------------------------------------------------------------
@@ -214,10 +283,15 @@ class StudioApp(App[None]):
     @work(exclusive=True, group="quit")
     async def action_quit(self) -> None:
         """Quit; a run still training is stopped or left training headless, as the user says."""
-        if not await self.query_one(TrainPane).release():
+        train = self.train_pane
+        if not await train.release():
             return
-        await self.query_one(ChatPane).close()
-        self.exit()
+        await self.chat_pane.close()
+        if train.left is not None:  # said on the terminal once the studio is gone
+            self.exit(message=f"{train.left.name} trains on; control it again with: "
+                      f"gpt-studio --attach {train.left}")  # fmt: skip
+        else:
+            self.exit()
 
 
 def _settle_heap() -> None:
@@ -233,7 +307,8 @@ def _settle_heap() -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    """`gpt-studio [--config PATH] [--follow RUN_DIR]`: a bad argument is one line, exit 2."""
+    """`gpt-studio [--config PATH] [--follow RUN_DIR | --attach RUN_DIR]`: a bad argument is one
+    line, exit 2."""
     parser = argparse.ArgumentParser(
         prog="gpt-studio",
         description="A terminal studio to configure, train, watch and talk to GPT models.",
@@ -243,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         "--follow",
         metavar="RUN_DIR",
         help="watch a run started elsewhere (python -m engine.train ...) from its metrics.jsonl",
+    )
+    parser.add_argument(
+        "--attach",
+        metavar="RUN_DIR|ADDRESS",
+        help="watch and command a run that is training (left by a studio, or started headless): "
+        "its run folder, or its control address, e.g. unix:/tmp/tiny.sock forwarded by ssh -L",
     )
     parser.add_argument("--version", action="version", version=f"gpt-studio {__version__}")
     args = parser.parse_args(argv)
@@ -256,7 +337,28 @@ def main(argv: list[str] | None = None) -> int:
             )
         if config is None and (follow / "config.toml").is_file():
             config, source = load(follow / "config.toml"), str(follow / "config.toml")
-    StudioApp(config, source, follow=follow).run()
+    attach = args.attach
+    if attach is not None:
+        if follow is not None:
+            raise UsageError("--attach and --follow: give one; --follow only reads metrics.jsonl")
+        folder = Path(attach)
+        if folder.is_dir():
+            if RunDir(folder).control_record() is None:
+                raise UsageError(
+                    f"--attach {folder}: it holds no control.json, so no run trains there now; "
+                    f"to see its curves: gpt-studio --follow {folder}"
+                )
+            if config is None and (folder / "config.toml").is_file():
+                config, source = load(folder / "config.toml"), str(folder / "config.toml")
+        elif not attach.startswith(("unix:", "tcp:")):
+            raise UsageError(
+                f"--attach {attach}: no such run folder; give a run folder such as runs/tiny "
+                "or a control address such as unix:/tmp/tiny.sock"
+            )
+    if config is None and last_config_path().is_file():  # where the last session left off
+        with contextlib.suppress(ConfigError):  # one that no longer loads is forgotten
+            config, source = load(last_config_path()), str(last_config_path())
+    StudioApp(config, source, follow=follow, attach=attach).run()
     return 0
 
 

@@ -7,9 +7,11 @@ where anyone on the machine could connect; there the random token handed to the 
 its environment is what tells our engine from a stranger. The token is checked either way: the
 engine's first line must be a `hello` carrying it, or the connection is closed.
 
-Lines are cut with engine.contract.framing's LineBuffer and decoded with engine.contract.events.decode. A line
-that is too long, not JSON, or not an event is dropped and reported through `on_note`; it never
-closes the connection, so one bad message costs one message.
+Lines are cut with engine.protocol's LineBuffer and decoded with engine.protocol.decode. What
+the link hears it posts as studio.messages to its `target` (the widget whose worker runs the
+job): the events of each read as one `RunEvents`, so a flood of small lines costs one message
+per read. A line that is too long, not JSON, or not an event is dropped and reported as an
+`EngineNote`; it never closes the connection, so one bad message costs one message.
 """
 
 from __future__ import annotations
@@ -21,15 +23,24 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
+
+from textual.message import Message
 
 from engine.contract import events as p
 from engine.contract import framing
+from studio.messages import EngineConnected, EngineNote, RunEvents
 
 SOCKET_NAME = "engine.sock"
 UNIX_PATH_MAX = 100  # sun_path is 104-108 bytes depending on the system; stay below all
 READ_CHUNK = 1 << 16
+
+
+class Target(Protocol):
+    """Where an adapter's messages go: a widget, or anything with its post_message."""
+
+    def post_message(self, message: Message) -> bool: ...
 
 
 def private_dir() -> Path:
@@ -38,26 +49,12 @@ def private_dir() -> Path:
 
 
 class EngineLink:
-    """Listens for one engine; hands its events to `on_event` and sends it commands.
-
-    `on_note(text)` hears what went wrong on the wire (dropped lines, a refused connection);
-    `on_connect()` and `on_disconnect()` when the engine arrives and goes.
-    """
+    """Listens for one engine, posts what it says to `target`, and sends it commands."""
 
     def __init__(
-        self,
-        on_event: Callable[[p.Event], None],
-        on_note: Callable[[str], None],
-        *,
-        on_connect: Callable[[], None] | None = None,
-        on_disconnect: Callable[[], None] | None = None,
-        folder: Path | None = None,
-        force_tcp: bool = False,
+        self, target: Target, *, folder: Path | None = None, force_tcp: bool = False
     ) -> None:
-        self.on_event = on_event
-        self.on_note = on_note
-        self.on_connect = on_connect or (lambda: None)
-        self.on_disconnect = on_disconnect or (lambda: None)
+        self.target = target
         self.folder = folder
         self.force_tcp = force_tcp
         self.token = secrets.token_hex(16)
@@ -121,7 +118,7 @@ class EngineLink:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:
-            self.on_note("refused a second engine connection: this link already has one")
+            self._note("refused a second engine connection: this link already has one")
             writer.close()
             return
         lines = framing.LineBuffer()
@@ -129,6 +126,7 @@ class EngineLink:
         try:
             while data := await reader.read(READ_CHUNK):
                 dropped = lines.dropped
+                events: list[p.Event] = []
                 for line in lines.feed(data):
                     if not greeted:
                         if not self._welcome(line):
@@ -136,12 +134,16 @@ class EngineLink:
                             return
                         greeted = True
                         self._writer = writer
-                        self.on_connect()
+                        self.target.post_message(EngineConnected())
                         continue
-                    self._take(line)
+                    event = self._decode(line)
+                    if event is not None:
+                        events.append(event)
+                if events:
+                    self.target.post_message(RunEvents(events))
                 if lines.dropped > dropped:
                     self.dropped += lines.dropped - dropped
-                    self.on_note(
+                    self._note(
                         f"dropped {lines.dropped - dropped} message(s) from the engine: longer "
                         f"than the {framing.MAX_LINE_BYTES}-byte limit"
                     )
@@ -153,25 +155,26 @@ class EngineLink:
                 with contextlib.suppress(Exception):
                     writer.close()
                 self._gone.set()
-                self.on_disconnect()
 
     def _welcome(self, line: bytes) -> bool:
         """The first line must be a hello with our token; anything else is a stranger."""
         try:
             hello = p.decode_hello(line)
         except framing.ProtocolError as err:
-            self.on_note(f"refused a connection that did not start with hello: {err}")
+            self._note(f"refused a connection that did not start with hello: {err}")
             return False
         if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
-            self.on_note(f"refused a connection with a wrong token (pid {hello.pid})")
+            self._note(f"refused a connection with a wrong token (pid {hello.pid})")
             return False
         return True
 
-    def _take(self, line: bytes) -> None:
+    def _decode(self, line: bytes) -> p.Event | None:
         try:
-            event = p.decode(line)
+            return p.decode(line)
         except framing.ProtocolError as err:
             self.dropped += 1
-            self.on_note(f"dropped a message from the engine: {err}")
-            return
-        self.on_event(event)
+            self._note(f"dropped a message from the engine: {err}")
+            return None
+
+    def _note(self, text: str) -> None:
+        self.target.post_message(EngineNote(text))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,3 +25,21 @@ def wait_until(condition, timeout: float, what: str):
             pytest.fail(f"no {what} within {timeout:.0f} s")
         time.sleep(0.05)
     return value
+
+
+# --- studio tests (helpers in tests/studio_helpers.py) ------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def engine_on_path(monkeypatch):
+    """Engine subprocesses the studio starts import this checkout's engine, whatever is
+    installed."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def studio_state_home(tmp_path_factory, monkeypatch):
+    """The studio remembers the last config under $XDG_CONFIG_HOME: never the user's own."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))

@@ -87,6 +87,8 @@ def main() -> int:
             elif isinstance(command, p.Resume):
                 paused = False
                 send(p.Resumed(step=step))
+            elif isinstance(command, p.SampleRequest):
+                send(p.Sample(step=step, prompt=command.prompt, text=" and so on", id=command.id))
             elif isinstance(command, p.Stop):
                 send(p.Checkpoint(step=step, path=f"fake/step_{step:08d}.pt"))
                 send(p.Done(step=step, reason="stopped"))

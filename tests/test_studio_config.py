@@ -13,6 +13,8 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from studio_helpers import until
+from textual.command import CommandList
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
@@ -20,6 +22,7 @@ from engine.contract.config import Config, load, load_preset, presets
 from engine.contract.render import human
 from engine.contract.sizing import summary
 from studio.app import StudioApp, main
+from studio.messages import ConfigChanged
 from studio.panes.config import PRESET_KEYS, ConfigPane, from_editor, to_editor
 from studio.widgets.dialogs import ConfirmDialog, PathDialog
 from studio.widgets.form import FieldRow
@@ -34,14 +37,15 @@ class RecordingApp(StudioApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.notes: list[tuple[str, str]] = []
-        self.changes: list[ConfigPane.Changed] = []
+        self.changes: list[ConfigChanged] = []
 
     def notify(self, message: str, *, severity: str = "information", **kwargs) -> None:
         self.notes.append((severity, message))
         super().notify(message, severity=severity, **kwargs)
 
-    def on_config_pane_changed(self, event: ConfigPane.Changed) -> None:
-        self.changes.append(event)
+    def on_config_changed(self, message: ConfigChanged) -> None:
+        self.changes.append(message)
+        super().on_config_changed(message)
 
 
 def drive(test: Callable[[RecordingApp, Pilot, ConfigPane], Awaitable[None]], **app_kw) -> None:
@@ -89,7 +93,7 @@ def test_picking_each_preset_shows_its_parameter_count():
             assert pane.config == load_preset(name)
             assert pane.query_one(ConfigSummary).figures["params"] == expected
             assert f"parameters            {human(expected)}" in str(figures.content)
-        assert app.changes[-1].config == load_preset("large") and app.changes[-1].valid
+        assert app.changes[-1].state.config == load_preset("large") and app.changes[-1].state.valid
         await pilot.press(PRESET_KEYS["mini"])  # the footer keys do the same
         assert pane.config == load_preset("mini") and pane.source == "preset:mini"
 
@@ -105,7 +109,9 @@ def test_n_embd_not_divisible_by_n_head_is_shown_at_the_field_and_blocks_saving(
         assert n_embd.has_class("-error")
         assert "divisible" in str(n_embd.query_one(".field-error", Static).content)
         assert pane.config.model.n_embd == 128  # the last valid config stays available
-        assert app.changes[-1].valid is False and "model.n_embd" in app.changes[-1].errors
+        assert (
+            app.changes[-1].state.valid is False and "model.n_embd" in app.changes[-1].state.errors
+        )
         assert not row(pane, "model.n_head").error  # only the field at fault is marked
 
         row(pane, "train.seed").editor.focus()
@@ -118,7 +124,7 @@ def test_n_embd_not_divisible_by_n_head_is_shown_at_the_field_and_blocks_saving(
         await retype(pilot, pane, "model.n_embd", "136")
         assert pane.is_valid and not n_embd.error and not n_embd.has_class("-error")
         assert pane.config.model.n_embd == 136
-        assert app.changes[-1].valid and app.changes[-1].config.model.n_embd == 136
+        assert app.changes[-1].state.valid and app.changes[-1].state.config.model.n_embd == 136
         params = summary(pane.config)["params"]
         assert pane.query_one(ConfigSummary).figures["params"] == params
 
@@ -227,10 +233,10 @@ def test_command_palette_offers_the_pane_actions():
 
         await pilot.press("ctrl+p")
         await pilot.press(*"save as")
-        await pilot.pause(0.3)
+        matches = app.screen.query_one(CommandList)
+        await until(pilot, lambda: matches.option_count, "the palette's matches")
         await pilot.press("enter")
-        await pilot.pause()
-        assert isinstance(app.screen, PathDialog)
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the save dialog")
 
     drive(test)
 

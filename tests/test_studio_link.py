@@ -6,20 +6,35 @@ import asyncio
 import stat
 from pathlib import Path
 
+from textual.message import Message
+
 from engine.contract import events as p
 from engine.contract import framing
 from engine.contract.rundir import MetricsTail
 from studio.link import EngineLink
+from studio.messages import EngineConnected, EngineNote, RunEvents
 
 
 class Heard:
+    """Stands where a pane would: collects the messages the link posts."""
+
     def __init__(self) -> None:
         self.events: list[p.Event] = []
         self.notes: list[str] = []
+        self.connected = 0
+
+    def post_message(self, message: Message) -> bool:
+        if isinstance(message, RunEvents):
+            self.events.extend(message.events)
+        elif isinstance(message, EngineNote):
+            self.notes.append(message.text)
+        elif isinstance(message, EngineConnected):
+            self.connected += 1
+        return True
 
 
 def make_link(heard: Heard, **kw) -> EngineLink:
-    return EngineLink(heard.events.append, heard.notes.append, **kw)
+    return EngineLink(heard, **kw)
 
 
 async def dial(link: EngineLink, token: str | None = None):
@@ -53,7 +68,7 @@ def test_link_listens_in_a_private_directory_and_carries_events_and_commands():
                                      step_ms=1.0, mfu=None, mem_gb=0.1)))  # fmt: skip
         await until(lambda: heard.events)
         assert isinstance(heard.events[0], p.Step) and heard.events[0].loss == 2.5
-        assert link.connected and link.send(p.Pause())
+        assert link.connected and heard.connected == 1 and link.send(p.Pause())
         assert p.decode_command(await reader.readline()) == p.Pause()
         writer.close()
         await until(lambda: not link.connected)

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent.parent / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # shipped inside the package
 BPE_MIN_VOCAB = 260  # 256 bytes, the end-of-text token and room for a few merges
 BPE_MAX_VOCAB = 2**20
 
@@ -217,11 +217,14 @@ BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML config, apply `--section.key=value` overrides, and validate the result."""
+    """Read a TOML config (or a shipped preset by name: `tiny`), apply `--section.key=value`
+    overrides, and validate the result."""
     path = Path(path)
+    if not path.is_file() and str(path) in presets():  # a name works from any folder
+        path = presets()[str(path)]
     if not path.is_file():
         raise ConfigError(
-            f"{path}: no such config file (give a .toml file, e.g. presets/tiny.toml)"
+            f"{path}: no such config file (give a .toml file, or a preset: {', '.join(presets())})"
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -5,6 +5,8 @@ studio's panes call these, so a sample or a progress line reads the same everywh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.contract import events as p
 
 EOT = "<|endoftext|>"  # the document separator every tokenizer reserves
@@ -125,3 +127,11 @@ def sample_text(event: p.Sample) -> str:
 def sample_block(event: p.Sample) -> str:
     """A sample with a header naming its step and prompt, for logs, panes and samples.txt."""
     return f"step {event.step} · {event.prompt!r}\n{sample_text(event)}"
+
+
+def shown_path(path: Path) -> str:
+    """A path as a person would type it here: relative to the working directory if inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)

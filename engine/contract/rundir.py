@@ -5,6 +5,7 @@
       metrics.jsonl      every event (engine.contract.events), one per line
       samples.txt        the live samples as text
       checkpoints/       step_00000100.pt ..., best.pt and best.json {"step", "val_loss"}
+      control.json       while it trains: where its control endpoint listens (ControlRecord)
 
 Both sides read runs through `RunDir`: the engine to refuse starting over a run and to keep best,
 the studio to list, summarise and follow runs. A folder "holds a run" when it has metrics or
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ from typing import Any
 
 from engine.contract import events as p
 from engine.contract.config import ConfigError, load, to_dict
-from engine.contract.framing import LineBuffer, ProtocolError
+from engine.contract.framing import LineBuffer, ProtocolError, finite_or_none, parse_address
 from engine.files import atomic_write_text
 
 HEAD_BYTES = 1 << 20  # enough for the first start event, whose config makes it the longest line
@@ -59,6 +61,10 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def control(self) -> Path:
+        return self.path / "control.json"
 
     @property
     def best(self) -> Path:
@@ -102,6 +108,59 @@ class RunDir:
     def tail(self) -> MetricsTail:
         """A follower of this run's metrics from their start."""
         return MetricsTail(self.metrics)
+
+    def control_record(self) -> ControlRecord | None:
+        """Where the run listens for studios, while it trains (None: it does not)."""
+        return ControlRecord.load(self.control)
+
+    def attachable(self) -> bool:
+        """Whether a studio can attach to it now: it trains, with a live control endpoint."""
+        record = self.control_record()
+        return record is not None and record.alive()
+
+
+@dataclass
+class ControlRecord:
+    """RUN_DIR/control.json: where a training run's control endpoint listens and what proves a
+    client is its owner's (engine.remote.ControlServer writes it, the studio reads it)."""
+
+    address: str  # unix:/path/to/control.sock or tcp:127.0.0.1:PORT
+    token: str  # the hello must carry it (empty: a Unix socket, guarded by its 0700 folder)
+    pid: int
+    host: str
+
+    def save(self, path: Path) -> None:
+        """Written 0600: on TCP the token is the only lock."""
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(
+                {"address": self.address, "token": self.token, "pid": self.pid, "host": self.host},
+                f,
+            )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ControlRecord | None:
+        """The record, or None when there is none (or an unreadable one)."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(str(raw["address"]), str(raw["token"]), int(raw["pid"]), str(raw["host"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def alive(self) -> bool:
+        """Whether the process that wrote it still runs (only knowable on its own host)."""
+        if self.host != socket.gethostname():
+            return True  # a folder synced from a server: only trying to connect can tell
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        kind, where = parse_address(self.address)
+        return kind != "unix" or Path(str(where)).exists()
 
 
 class MetricsTail:
@@ -151,8 +210,9 @@ class RunInfo:
     max_steps: int
     best_val: float | None
     started: float | None  # epoch seconds of its first start event
-    state: str  # finished | stopped | failed | training? | interrupted | new
+    state: str  # finished | stopped | failed | training | training? | interrupted | new
     checkpoints: bool
+    attachable: bool = False  # it trains now, with a control endpoint a studio can attach to
 
     @property
     def date(self) -> str:
@@ -181,6 +241,7 @@ def read_run(folder: str | Path) -> RunInfo:
     best = run.best_val_loss()
     if best is None and evals:
         best = min(evals)
+    attachable = run.attachable()
     return RunInfo(
         path=run.path,
         name=run.name,
@@ -189,8 +250,9 @@ def read_run(folder: str | Path) -> RunInfo:
         max_steps=last_start.max_steps if last_start else 0,
         best_val=best,
         started=start.time if start else None,
-        state=_state(run, tail),
+        state="training" if attachable else _state(run, tail),
         checkpoints=run.has_checkpoints(),
+        attachable=attachable,
     )
 
 
@@ -245,3 +307,46 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+@dataclass
+class RunCurves:
+    """What a comparison of runs needs of one: its loss curves and its config."""
+
+    path: Path
+    name: str
+    train: list[tuple[int, float]]  # (step, loss)
+    val: list[tuple[int, float]]
+    tokens_per_step: int
+    config: dict[str, Any]
+
+
+def read_curves(folder: str | Path) -> RunCurves:
+    """A run's whole loss history from its metrics.jsonl (a resumed run's later steps win)."""
+    run = RunDir(folder)
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    start: p.Start | None = None
+    tail = run.tail()
+    while events := tail.read_new():
+        for event in events:
+            if isinstance(event, p.Start):
+                start = event
+            elif isinstance(event, p.Step) and finite_or_none(event.loss) is not None:
+                train[event.step] = event.loss
+            elif isinstance(event, p.Eval) and finite_or_none(event.val_loss) is not None:
+                val[event.step] = event.val_loss
+    config = start.config if start is not None else {}
+    if not config:
+        try:
+            config = to_dict(load(run.config))
+        except (ConfigError, OSError):
+            config = {}
+    return RunCurves(
+        path=run.path,
+        name=run.name,
+        train=sorted(train.items()),
+        val=sorted(val.items()),
+        tokens_per_step=start.tokens_per_step if start is not None else 0,
+        config=config,
+    )

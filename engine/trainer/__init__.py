@@ -140,10 +140,15 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(cfg, run_dir / "config.toml", overwrite=True)
             self.reporter = metrics.open_sinks(cfg, early.sinks)
+        # any studio of ours may attach from now on (rank 0 listens; see engine.remote)
+        self.endpoint = remote.open_control(run_dir) if group.is_main else None
+        if self.endpoint is not None:
+            self.reporter.sinks.append(self.endpoint)
         self.saver = checkpoint.CheckpointManager(
             run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
         )
-        self.control = RunControl(link, group, self.reporter)
+        commands = remote.Commands(link, self.endpoint) if link or self.endpoint else None
+        self.control = RunControl(commands, group, self.reporter)
 
     # --- the parts' state ------------------------------------------------------------------
 
@@ -223,6 +228,10 @@ class Trainer:
         ))  # fmt: skip
         for note in self.notes:
             self.reporter.emit(p.Log(note, level="warning"))
+        if self.endpoint is not None:
+            self.reporter.emit(p.Log(
+                f"control: {self.endpoint.address} (attach: gpt-studio --attach {cfg.run_dir})"
+            ))  # fmt: skip
         if world > 1:
             self.reporter.emit(p.Log(
                 f"global batch: {t.batch_size} sequences x {t.grad_accum} micro-batches x {world} "

@@ -18,7 +18,10 @@ from engine.contract import events as p
 
 class RunControl:
     def __init__(
-        self, link: remote.StudioLink | None, group: distributed.Group, reporter: metrics.Reporter
+        self,
+        link: remote.StudioLink | remote.Commands | None,
+        group: distributed.Group,
+        reporter: metrics.Reporter,
     ) -> None:
         self.link = link
         self.group = group
@@ -26,7 +29,7 @@ class RunControl:
         self.stop = ""  # why the loop should end early: "signal" or "stopped", as all ranks agreed
         self.signalled = False  # SIGINT/SIGTERM seen here: a request, until the ranks agree
         self.paused = False
-        self.studio = link is not None  # whether rank 0's studio is connected, as ranks agreed
+        self.studio = link is not None and link.connected  # a studio is there, as ranks agreed
 
     def agree(self, wait: float = 0.0) -> list[p.Command]:
         """The studio's latest commands (waiting up to `wait` seconds for one), and a stop any

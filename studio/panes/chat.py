@@ -1,7 +1,8 @@
 """The Chat pane: talk to a checkpoint, or to the model that is training right now.
 
-A checkpoint is served by `python -m engine.generate SOURCE --serve` (studio.jobs.ChatServer),
-which streams each answer a few characters at a time. The live model has no server of its own:
+A checkpoint is served by `python -m engine.generate SOURCE --serve` (studio.jobs.ChatServer,
+run by this pane's worker and posting its replies here as messages), which streams each answer a
+few characters at a time. The live model has no server of its own:
 a prompt goes up to the app as `AskLive`, on to the training run as a `sample` command, and its
 answer comes back whole, generated from the live weights between two steps.
 
@@ -20,13 +21,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
 from engine.contract import events as p
 from engine.contract.rundir import list_runs
 from engine.contract.sampling import DEFAULTS, FORM_FIELDS, LIMITS
-from studio.jobs import ChatServer, Exit, first_error
+from studio.jobs import ChatServer, first_error
+from studio.messages import AskLive, ChatExited, ChatNote, ChatReply, ConfigState
 from studio.widgets.dialogs import PathDialog
 from studio.widgets.form import FieldRow
 
@@ -70,13 +71,6 @@ class ChatPane(Vertical):
         Binding("ctrl+n", "new_chat", "New chat", tooltip="Clear the history and the context"),
     ]
 
-    class AskLive(Message):
-        """A prompt for the model training now, to be sent as a `sample` command."""
-
-        def __init__(self, request: p.SampleRequest) -> None:
-            super().__init__()
-            self.request = request
-
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.out_dir = Path("runs")
@@ -109,8 +103,35 @@ class ChatPane(Vertical):
                 )
         yield Input(placeholder="Type a prompt and press Enter", id="chat-prompt")
 
+    @property
+    def model_select(self) -> Select:
+        return self.query_one("#chat-model", Select)
+
+    @property
+    def history_box(self) -> VerticalScroll:
+        return self.query_one("#chat-history", VerticalScroll)
+
+    @property
+    def model_info(self) -> Static:
+        return self.query_one("#chat-model-info", Static)
+
+    @property
+    def prompt(self) -> Input:
+        return self.query_one("#chat-prompt", Input)
+
+    def setting(self, name: str) -> FieldRow:
+        """The field of a sampling setting (or `remember`)."""
+        return self.query_one(f"#chat-{name}", FieldRow)
+
+    @property
+    def choices(self) -> list[tuple[str, str]]:
+        """The models offered: (label, LIVE or a run folder or checkpoint)."""
+        return list(self._choices)
+
     def on_mount(self) -> None:
         self.set_interval(SHOW_S, self._show_growth)
+        self.watch(self.app, "config", self._config_changed)
+        self.watch(self.app, "live_run", self._live_run_changed, init=False)
         self.refresh_models()
 
     def on_show(self) -> None:
@@ -122,12 +143,12 @@ class ChatPane(Vertical):
 
     # -- data in ---------------------------------------------------------------------------
 
-    def set_out_dir(self, out_dir: str) -> None:
-        if Path(out_dir) != self.out_dir:
-            self.out_dir = Path(out_dir)
+    def _config_changed(self, state: ConfigState | None) -> None:
+        if state is not None and Path(state.config.out_dir) != self.out_dir:
+            self.out_dir = Path(state.config.out_dir)
             self.refresh_models()
 
-    def set_live_run(self, name: str | None) -> None:
+    def _live_run_changed(self, name: str | None) -> None:
         self.live_run = name
         self.refresh_models()
         if name is None and self.source == LIVE:
@@ -144,7 +165,7 @@ class ChatPane(Vertical):
                 choices.append((f"{run.name} (step {run.step}, {run.shape})", str(run.path)))
         if self.source and self.source != LIVE and all(v != self.source for _, v in choices):
             choices.append((self.source, self.source))
-        select = self.query_one("#chat-model", Select)
+        select = self.model_select
         with self.prevent(Select.Changed):
             if choices != self._choices:
                 self._choices = choices
@@ -196,10 +217,14 @@ class ChatPane(Vertical):
         await self._close_server_now()
         self.ready = None
         self._info(f"loading {source} ...")
-        server = ChatServer(self._reply, self._note, self._server_exited)
+        server = ChatServer(self)
         self.server = server
+        self._serve(server, source)
+
+    @work(exclusive=True, group="chat-serve", exit_on_error=False)
+    async def _serve(self, server: ChatServer, source: str) -> None:
         try:
-            await server.start(source)
+            await server.run(source)
         except OSError as err:
             self._info(f"could not start the chat server: {err}", error=True)
 
@@ -241,12 +266,12 @@ class ChatPane(Vertical):
         if self.source == LIVE:
             request = p.SampleRequest(prompt=prompt, id=ask_id, **settings)
             self._add(Exchange(ask_id, self.live_run or "live", prompt, note="waiting for a step"))
-            self.post_message(self.AskLive(request))
+            self.post_message(AskLive(request))
             return True
         if self.server is None or self.ready is None:
             self.notify("The model is still loading; try again in a moment.", severity="warning")
             return False
-        remember = bool(self.query_one("#chat-remember", FieldRow).value)
+        remember = bool(self.setting("remember").value)
         chat = p.ChatRequest(id=ask_id, prompt=prompt, chat=remember, reset=self._fresh, **settings)
         self._fresh = False
         self._add(Exchange(ask_id, Path(self.source).name, prompt))
@@ -256,7 +281,7 @@ class ChatPane(Vertical):
     def _settings(self) -> tuple[dict[str, Any], str]:
         values, problem = {}, ""
         for name in SETTINGS:
-            row = self.query_one(f"#chat-{name}", FieldRow)
+            row = self.setting(name)
             value, error = check_setting(name, str(row.value))
             row.error = error
             if error and not problem:
@@ -273,7 +298,7 @@ class ChatPane(Vertical):
     def action_new_chat(self) -> None:
         """Forget the history on screen and the conversation the model remembers."""
         self.history.clear()
-        self.query_one("#chat-history", VerticalScroll).remove_children()
+        self.history_box.remove_children()
         self._fresh = True
 
     # -- answers ---------------------------------------------------------------------------
@@ -291,7 +316,9 @@ class ChatPane(Vertical):
         if exchange is not None:
             exchange.note, exchange.done = "not sent: the run is not connected", True
 
-    def _reply(self, reply: p.ChatReply) -> None:
+    def on_chat_reply(self, message: ChatReply) -> None:
+        message.stop()
+        reply = message.reply
         if isinstance(reply, p.ChatReady):
             self.ready = reply
             self._info(
@@ -312,10 +339,13 @@ class ChatPane(Vertical):
         elif isinstance(reply, p.ChatError):
             exchange.note, exchange.done = f"error: {reply.message}", True
 
-    def _note(self, text: str) -> None:
-        self._info(text, error=True)
+    def on_chat_note(self, message: ChatNote) -> None:
+        message.stop()
+        self._info(message.text, error=True)
 
-    def _server_exited(self, exit: Exit) -> None:
+    def on_chat_exited(self, message: ChatExited) -> None:
+        message.stop()
+        exit = message.exit
         self.server, self.ready = None, None
         for exchange in self.history:
             if not exchange.done:
@@ -332,8 +362,7 @@ class ChatPane(Vertical):
     def _add(self, exchange: Exchange) -> None:
         self.history.append(exchange)
         exchange.widget = Static("", classes="chat-exchange", markup=False)
-        history = self.query_one("#chat-history", VerticalScroll)
-        history.mount(exchange.widget)
+        self.history_box.mount(exchange.widget)
         self._show(exchange)
 
     def _show_growth(self) -> None:
@@ -349,9 +378,9 @@ class ChatPane(Vertical):
         if text != exchange.shown:
             exchange.shown = text
             exchange.widget.update(text)
-            self.query_one("#chat-history", VerticalScroll).scroll_end(animate=False)
+            self.history_box.scroll_end(animate=False)
 
     def _info(self, text: str, *, error: bool = False) -> None:
-        info = self.query_one("#chat-model-info", Static)
+        info = self.model_info
         info.update(text)
         info.set_class(error, "-error")

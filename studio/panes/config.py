@@ -17,7 +17,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
+from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from engine.contract.config import (
@@ -33,7 +33,9 @@ from engine.contract.config import (
     presets,
     save,
 )
-from studio.widgets.dialogs import ConfirmDialog, PathDialog
+from studio.command import headless_command
+from studio.messages import ConfigChanged, ConfigState
+from studio.widgets.dialogs import CommandDialog, ConfirmDialog, PathDialog
 from studio.widgets.form import FieldRow
 from studio.widgets.summary import ConfigSummary
 
@@ -91,6 +93,25 @@ def from_editor(cfg: Config, key: str, kind: str, raw: bool | str) -> None:
         )
 
 
+def find_field(keys: list[str], typed: str) -> str | None:
+    """The field a person means by `typed`: the key itself, else the one whose own name is it
+    (`lr` is train.lr, not train.min_lr), else the first whose own name begins with it, else
+    the first that contains it anywhere."""
+    typed = typed.strip().lower()
+    if not typed:
+        return None
+    for match in (
+        lambda k: k == typed,
+        lambda k: k.rpartition(".")[2] == typed,
+        lambda k: k.rpartition(".")[2].startswith(typed),
+        lambda k: typed in k,
+    ):
+        found = next((k for k in keys if match(k.lower())), None)
+        if found is not None:
+            return found
+    return None
+
+
 def _reason(err: ConfigError) -> str:
     """What to show beside the field at fault: its value and what the field accepts."""
     return f"{err.value!r} {err.allowed}" if err.allowed else str(err)
@@ -101,12 +122,14 @@ def _row_id(key: str) -> str:
 
 
 class ConfigPane(Vertical):
-    """Edits one run config; `config` is the last valid one and `Changed` says when it moves."""
+    """Edits one run config; `config` is the last valid one and `ConfigChanged` says when it moves."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save_as", "Save as", tooltip="Write this config to a TOML file"),
         Binding("ctrl+o", "open", "Open", tooltip="Replace the form with a TOML config file"),
         Binding("f8", "next_problem", "Next problem", tooltip="Jump to the next field at fault"),
+        Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
+        Binding("f7", "find_field", "Find field", tooltip="Jump to a field by part of its name"),
         *[
             Binding(
                 key,
@@ -118,22 +141,6 @@ class ConfigPane(Vertical):
             for name, key in PRESET_KEYS.items()
         ],
     ]
-
-    class Changed(Message):
-        """The form's state moved: a new valid config, or it became (in)valid."""
-
-        def __init__(
-            self, pane: ConfigPane, config: Config, valid: bool, errors: dict[str, str]
-        ) -> None:
-            super().__init__()
-            self.pane = pane
-            self.config = config  # the last valid config, also when `valid` is False
-            self.valid = valid
-            self.errors = errors
-
-        @property
-        def control(self) -> ConfigPane:
-            return self.pane
 
     def __init__(
         self, config: Config | None = None, source: str = "", *, id: str | None = None
@@ -150,7 +157,7 @@ class ConfigPane(Vertical):
         self._kinds = form_fields()
         self._rows: dict[str, FieldRow] = {}
         self._errors: dict[str, str] = {}
-        self._posted: tuple[Config, dict[str, str]] | None = None
+        self._posted: tuple[Config, dict[str, str], str] | None = None
 
     # -- data out --------------------------------------------------------------------------
 
@@ -262,13 +269,13 @@ class ConfigPane(Vertical):
         for name in self._presets:
             active = self._source == f"preset:{name}"
             self.query_one(f"#preset-{name}", Button).set_class(active, "-active")
-        state = (self.config, self.errors)
+        state = (self.config, self.errors, self._source)
         if state == self._posted:
             return
         if self._posted is None or bool(self._posted[1]) != bool(self._errors):
             self.refresh_bindings()  # "Next problem" is offered only while there is one
         self._posted = state
-        self.post_message(self.Changed(self, self.config, self.is_valid, self.errors))
+        self.post_message(ConfigChanged(ConfigState(self.config, self.errors, self._source)))
 
     def _describe_source(self) -> str:
         kind, _, name = self._source.partition(":")
@@ -309,6 +316,37 @@ class ConfigPane(Vertical):
         current = next((k for k in keys if self._rows[k].editor is focused), None)
         after = keys[(keys.index(current) + 1) % len(keys)] if current else keys[0]
         self._rows[after].editor.focus()
+
+    @work(exclusive=True, group="config-find")
+    async def action_find_field(self) -> None:
+        """Ask for part of a field's name and put the cursor in the field it names."""
+        keys = list(self._rows)
+        answer = await self.app.push_screen_wait(
+            PathDialog(
+                "Go to the field named (part of it is enough, e.g. max_steps or lr):",
+                action="Go",
+                placeholder="part of a field name",
+                suggester=SuggestFromList(keys, case_sensitive=False),
+            )
+        )
+        if not answer:
+            return
+        key = find_field(keys, answer)
+        if key is None:
+            self.notify(f"no field is named like {answer!r}", severity="warning", markup=False)
+            return
+        self.focus_field(key)
+
+    def action_show_command(self) -> None:
+        """The `python -m engine.train ...` line that trains what the form holds, on a server."""
+        if self._refuse_invalid("show the command"):
+            return
+        self.app.push_screen(
+            CommandDialog(
+                "Train this config headless (from this folder, or a clone on a server):",
+                headless_command(self._config, self._source),
+            )
+        )
 
     @work(exclusive=True, group="config-file")
     async def action_save_as(self) -> None:

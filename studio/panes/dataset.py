@@ -1,8 +1,8 @@
 """The Dataset pane: choose what to train on and how to cut it into tokens; look; prepare.
 
-Nothing here is a second config: every choice goes up to the app as `Chosen` (dotted keys and
+Nothing here is a second config: every choice goes up to the app as `ValuesChosen` (dotted keys and
 the text a person would type) and lands in the Config pane's form, which validates it; the app
-hands the resulting config back down through `show_config`. So the Dataset pane, the Config pane
+hands the resulting config back down through its `config` reactive, which this pane watches. So the Dataset pane, the Config pane
 and the run that starts can never disagree about the data.
 
 Looking inside a corpus (`python -m engine.data inspect SOURCE --json`) and preparing it
@@ -27,10 +27,11 @@ from textual.widgets import Button, DirectoryTree, Input, Label, ProgressBar, Se
 from engine.contract import events as p
 from engine.contract import framing
 from engine.contract.config import Config, save
-from engine.contract.render import event_line, human, progress_line
+from engine.contract.render import event_line, human, progress_line, shown_path
 from engine.contract.sizing import TIKTOKEN_VOCAB
 from studio.jobs import first_error, run_engine
 from studio.link import private_dir
+from studio.messages import ConfigState, ValuesChosen
 from studio.widgets.form import FieldRow
 
 BUILTINS = {"prose": "f2", "code": "f3"}
@@ -46,14 +47,6 @@ def tokenizer_choice(config: Config) -> str:
     """The Select value for a config's tokenizer."""
     tok = config.tokenizer
     return f"tiktoken:{tok.name}" if tok.kind == "tiktoken" else tok.kind
-
-
-def shown_path(path: Path) -> str:
-    """A path as a person would type it here: relative to the working directory if inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
-    except ValueError:
-        return str(path)
 
 
 class DataTree(DirectoryTree):
@@ -96,13 +89,6 @@ class DatasetPane(Vertical):
         Binding("f5", "prepare", "Prepare", tooltip="Tokenize the corpus into cached shards"),
     ]
 
-    class Chosen(Message):
-        """Fields to set in the Config pane, as text typed into them."""
-
-        def __init__(self, values: dict[str, str]) -> None:
-            super().__init__()
-            self.values = values
-
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.config: Config | None = None
@@ -124,7 +110,7 @@ class DatasetPane(Vertical):
             "data.source", "", placeholder=SOURCE_HINT, title="data.source", id="data-source"
         )
         with Horizontal(id="data-body"):
-            yield DataTree(Path.cwd(), id="data-tree")
+            yield DataTree(Path("."), id="data-tree")  # the working directory, as typed paths are
             with VerticalScroll(id="data-look"):
                 yield Static("", id="data-facts", markup=False)
                 yield Static("", id="data-preview", markup=False)
@@ -143,14 +129,38 @@ class DatasetPane(Vertical):
             yield ProgressBar(total=1, show_eta=False, id="data-progress")  # not pulsing: idle
             yield Label("", id="data-progress-text", markup=False)
 
+    @property
+    def source_row(self) -> FieldRow:
+        return self.query_one("#data-source", FieldRow)
+
+    @property
+    def kind_row(self) -> FieldRow:
+        return self.query_one("#data-tokenizer-kind", FieldRow)
+
+    @property
+    def vocab_row(self) -> FieldRow:
+        return self.query_one("#data-vocab", FieldRow)
+
+    @property
+    def facts_text(self) -> Static:
+        return self.query_one("#data-facts", Static)
+
+    @property
+    def preview(self) -> Static:
+        return self.query_one("#data-preview", Static)
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "config", self._config_changed)
+
     # -- data in ---------------------------------------------------------------------------
 
-    def show_config(self, config: Config, errors: dict[str, str]) -> None:
+    def _config_changed(self, state: ConfigState | None) -> None:
         """The Config pane's state: mirror its data and tokenizer fields, look at a new source."""
+        if state is None:
+            return
+        config, errors = state.config, state.errors
         self.config, self.errors = copy.deepcopy(config), dict(errors)
-        source = self.query_one("#data-source", FieldRow)
-        kind = self.query_one("#data-tokenizer-kind", FieldRow)
-        vocab = self.query_one("#data-vocab", FieldRow)
+        source, kind, vocab = self.source_row, self.kind_row, self.vocab_row
         with self.prevent(Input.Changed, Select.Changed):  # mirroring is not choosing
             if not source.editor.has_focus and source.value != config.data.source:
                 source.value = config.data.source
@@ -208,7 +218,7 @@ class DatasetPane(Vertical):
         self._take_typed_source(event.input)
 
     def _take_typed_source(self, editor: Input) -> None:
-        if editor is not self.query_one("#data-source", FieldRow).editor:
+        if editor is not self.source_row.editor:
             return
         typed = editor.value.strip()
         if self.config is None or typed != self.config.data.source:
@@ -237,9 +247,9 @@ class DatasetPane(Vertical):
 
     def _choose(self, values: dict[str, str]) -> None:
         if values.get("data.source") == "":
-            self.query_one("#data-source", FieldRow).error = f"must name a corpus: {SOURCE_HINT}"
+            self.source_row.error = f"must name a corpus: {SOURCE_HINT}"
             return
-        self.post_message(self.Chosen(values))
+        self.post_message(ValuesChosen(values))
 
     # -- looking inside --------------------------------------------------------------------
 
@@ -251,15 +261,15 @@ class DatasetPane(Vertical):
         d = self.config.data
         subject = self._subject()
         self._inspected = subject
-        facts = self.query_one("#data-facts", Static)
+        facts = self.facts_text
         facts.update(f"looking inside {d.source} ...")
-        self.query_one("#data-preview", Static).update("")
+        self.preview.update("")
         args = ["inspect", d.source, "--json", "--include", d.include]
         exit, out = await run_engine("engine.data", *args, "--text-column", d.text_column)
         if exit.code != 0:
             self.facts, self.inspect_error = None, first_error(exit)
             facts.update(f"cannot read it: {self.inspect_error}")
-            self.query_one("#data-source", FieldRow).error = self.inspect_error
+            self.source_row.error = self.inspect_error
             return
         try:
             info = json.loads(out)
@@ -268,10 +278,9 @@ class DatasetPane(Vertical):
             facts.update(self.inspect_error)
             return
         self.facts, self.inspect_error = info, ""
-        source_row = self.query_one("#data-source", FieldRow)
-        source_row.error = self.errors.get("data.source", "")
+        self.source_row.error = self.errors.get("data.source", "")
         facts.update(describe_facts(info, self.config))
-        self.query_one("#data-preview", Static).update(info.get("preview") or "(empty)")
+        self.preview.update(info.get("preview") or "(empty)")
 
     # -- preparing -------------------------------------------------------------------------
 

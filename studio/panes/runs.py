@@ -3,7 +3,8 @@ or chat with it.
 
 Runs are read from disk (engine.contract.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
-followed: its curves grow while its metrics.jsonl does.
+shown in the same RunView as the Train pane's and followed by a worker: its curves grow while
+its metrics.jsonl does.
 """
 
 from __future__ import annotations
@@ -15,66 +16,77 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import DataTable, Label
 
-from engine.contract import events as p
-from engine.contract.render import sample_block
-from engine.contract.rundir import MetricsTail, RunDir, RunInfo, list_runs
+from engine.contract.render import shown_path
+from engine.contract.rundir import RunCurves, RunInfo, list_runs, read_curves
+from studio.jobs import MetricsFollower
+from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
 from studio.widgets.charts import RunCharts
+from studio.widgets.compare import CompareView
+from studio.widgets.runview import RunView
 
 REFRESH_S = 3.0
 FOLLOW_S = 1.0
-COLUMNS = ("run", "model", "steps", "best val loss", "state", "started")
+COLUMNS = ("run", "model", "steps", "best val loss", "state", "started", "compare")
+MARK = "●"
 
 
 class RunsPane(Vertical):
-    """A table of runs above the curves of the one that is open."""
+    """A table of runs above the curves of the one that is open, or of the marked ones."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", tooltip="Show the run's curves and latest sample"),
+        Binding("a", "attach", "Attach", tooltip="Watch and command it while it trains"),
         Binding("r", "resume", "Resume", tooltip="Continue training it from its latest checkpoint"),
         Binding("c", "chat", "Chat", tooltip="Talk to its best checkpoint"),
+        Binding("space", "mark", "Mark", tooltip="Mark the run for a comparison, or unmark it"),
+        Binding("v", "compare", "Compare", tooltip="Overlay the marked runs' curves; diff configs"),
+        Binding("t", "x_axis", "x: step/tokens", tooltip="Compare by step or by tokens seen"),
+        Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
+        Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
         Binding("f5", "refresh", "Refresh", tooltip="Read the runs folder again"),
     ]
-
-    class Resume(Message):
-        def __init__(self, run_dir: Path) -> None:
-            super().__init__()
-            self.run_dir = run_dir
-
-    class Chat(Message):
-        def __init__(self, run_dir: Path) -> None:
-            super().__init__()
-            self.run_dir = run_dir
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.out_dir = Path("runs")
         self.runs: list[RunInfo] = []
         self.opened: Path | None = None
-        self._tail: MetricsTail | None = None
-        self._last_sample: p.Sample | None = None
+        self.follower: MetricsFollower | None = None
+        self.marked: set[Path] = set()  # runs chosen for a comparison
 
     def compose(self) -> ComposeResult:
         yield Label("", id="runs-title", markup=False)
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="runs-detail-head"):
             yield Label("Open a run (Enter) to see its curves", id="runs-open-title", markup=False)
-        yield RunCharts(id="runs-charts")
-        yield Static("", id="runs-sample", markup=False)
+        yield RunView(id="runs-view")
+        yield CompareView(id="runs-compare")
+
+    @property
+    def compare(self) -> CompareView:
+        return self.query_one(CompareView)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one(DataTable)
+
+    @property
+    def view(self) -> RunView:
+        return self.query_one(RunView)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
         for column in COLUMNS:
-            table.add_column(column, key=column)
+            self.table.add_column(column, key=column)
+        self.compare.display = False
         self.set_interval(REFRESH_S, self._refresh_if_shown)
-        self.set_interval(FOLLOW_S, self._follow)
+        self.watch(self.app, "config", self._config_changed)
         self.action_refresh()
 
-    def set_out_dir(self, out_dir: str) -> None:
-        if Path(out_dir) != self.out_dir:
-            self.out_dir = Path(out_dir)
+    def _config_changed(self, state: ConfigState | None) -> None:
+        if state is not None and Path(state.config.out_dir) != self.out_dir:
+            self.out_dir = Path(state.config.out_dir)
             self.action_refresh()
 
     # -- the table -------------------------------------------------------------------------
@@ -91,24 +103,27 @@ class RunsPane(Vertical):
 
     def _show_runs(self, runs: list[RunInfo]) -> None:
         self.runs = runs
-        where = self.out_dir.resolve()
+        where = shown_path(self.out_dir)
         self.query_one("#runs-title", Label).update(
             f"{len(runs)} run(s) in {where}" if runs else f"no runs in {where} yet"
         )
-        table = self.query_one(DataTable)
+        table = self.table
         chosen = self._chosen_path()
         table.clear()
         for run in runs:
             best = f"{run.best_val:.4f}" if run.best_val is not None else "-"
             steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(run.name, run.shape, steps, best, run.state, run.date, key=str(run.path))
+            mark = MARK if run.path in self.marked else ""
+            table.add_row(
+                run.name, run.shape, steps, best, run.state, run.date, mark, key=str(run.path)
+            )
         if chosen is not None:
             keys = [str(r.path) for r in runs]
             if str(chosen) in keys:
                 table.move_cursor(row=keys.index(str(chosen)), animate=False)
 
     def _chosen_path(self) -> Path | None:
-        table = self.query_one(DataTable)
+        table = self.table
         if not self.runs or table.row_count == 0:
             return None
         row = min(table.cursor_row, len(self.runs) - 1)
@@ -131,29 +146,89 @@ class RunsPane(Vertical):
             self.notify("No run chosen: train one first, or pick a row.", severity="warning")
             return
         self.opened = run.path
-        self._tail = RunDir(run.path).tail()
-        self._last_sample = None
-        self.query_one(RunCharts).clear()
-        self.query_one("#runs-sample", Static).update("")
+        self.compare.display, self.view.display = False, True
+        self.view.reset(run.name, run.path)
         self.query_one("#runs-open-title", Label).update(
             f"{run.name}: {run.shape}, {run.step} steps, best val loss "
             + (f"{run.best_val:.4f}" if run.best_val is not None else "-")
-            + f", {run.state} · r resume · c chat"
+            + f", {run.state} · "
+            + ("a attach · " if run.attachable else "r resume · ")
+            + "c chat"
         )
-        self._follow()
+        self.follower = MetricsFollower(self, run.path, FOLLOW_S)
+        self._follow(self.follower)
 
-    def _follow(self) -> None:
-        if self._tail is None:
+    @work(group="runs-follow", exclusive=True, exit_on_error=False)
+    async def _follow(self, follower: MetricsFollower) -> None:
+        await follower.run()
+
+    def on_run_events(self, message: RunEvents) -> None:
+        message.stop()
+        self.view.add(message.events)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "x_axis":
+            return self.compare.display
+        if action == "compare":
+            return len(self.marked) >= 2
+        return True
+
+    def action_mark(self) -> None:
+        run = self._chosen()
+        if run is None:
             return
-        events = self._tail.read_new()
-        charts = self.query_one(RunCharts)
-        for event in events:
-            charts.add(event)
-            if isinstance(event, p.Sample) and not event.id:
-                self._last_sample = event
-        if events and self._last_sample is not None:
-            s = self._last_sample
-            self.query_one("#runs-sample", Static).update(f"latest sample, {sample_block(s)}")
+        self.marked ^= {run.path}
+        mark = MARK if run.path in self.marked else ""
+        self.table.update_cell(str(run.path), "compare", mark)
+        self.refresh_bindings()
+
+    @work(exclusive=True, group="runs-compare", thread=True)
+    def action_compare(self) -> None:
+        """Read the marked runs' whole histories (in a thread: whole files) and overlay them."""
+        paths = [r.path for r in self.runs if r.path in self.marked]
+        if len(paths) < 2:
+            self.app.call_from_thread(
+                self.notify, "Mark two runs or more first (space).", severity="warning"
+            )
+            return
+        curves = [read_curves(path) for path in paths]
+        self.app.call_from_thread(self._show_comparison, curves)
+
+    def _show_comparison(self, curves: list[RunCurves]) -> None:
+        self.workers.cancel_group(self, "runs-follow")
+        self.opened, self.follower = None, None
+        self.view.display, self.compare.display = False, True
+        self.compare.show(curves)
+        self.query_one("#runs-open-title", Label).update(
+            f"{len(curves)} runs compared · Enter opens one · space marks · t x axis"
+        )
+        self.refresh_bindings()
+
+    def action_x_axis(self) -> None:
+        self.compare.toggle_x()
+
+    def action_log_scale(self) -> None:
+        self.view.charts.toggle_log()
+        chart = self.compare.chart
+        chart.set_view(log_y=not chart.log_y, smooth=chart.smooth)
+
+    def action_smooth(self) -> None:
+        self.view.charts.toggle_smooth()
+        chart = self.compare.chart
+        chart.set_view(log_y=chart.log_y, smooth=0.0 if chart.smooth else RunCharts.SMOOTH)
+
+    def action_attach(self) -> None:
+        run = self._chosen()
+        if run is None:
+            return
+        if not run.attachable:
+            self.notify(
+                f"{run.name} is not training now: Enter shows its curves, r resumes it.",
+                severity="error",
+                markup=False,
+            )
+            return
+        self.post_message(AttachRun(run.path))
 
     def action_resume(self) -> None:
         run = self._chosen()
@@ -164,7 +239,7 @@ class RunsPane(Vertical):
                 f"{run.name} has no checkpoint to continue from.", severity="error", markup=False
             )
             return
-        self.post_message(self.Resume(run.path))
+        self.post_message(ResumeRun(run.path))
 
     def action_chat(self) -> None:
         run = self._chosen()
@@ -173,4 +248,4 @@ class RunsPane(Vertical):
         if not run.checkpoints:
             self.notify(f"{run.name} has no checkpoint yet.", severity="error", markup=False)
             return
-        self.post_message(self.Chat(run.path))
+        self.post_message(ChatWith(run.path))

@@ -1,9 +1,8 @@
 """The Train pane: start the Config pane's config, watch it learn, pause, stop, save.
 
-The run is a subprocess (`python -m engine.train`) reporting to a private socket (studio.link);
-this pane sends it commands and shows what it reports. Events from the socket only land in an
-inbox; a timer empties the inbox ten times a second, so a flood of events costs a few widget
-updates per tenth of a second, and charts redraw on their own slower clock.
+The run is a subprocess (`python -m engine.train`) reporting to a private socket: a TrainJob
+(studio.jobs) run by this pane's worker, posting what it hears here as messages. This pane sends
+the run commands, keeps the state the footer's keys follow, and shows the run in a RunView.
 
 The same pane follows a run it did not start (`gpt-studio --follow RUN_DIR`): events then come
 from the run's metrics.jsonl as it grows, and there is nothing to command.
@@ -11,37 +10,58 @@ from the run's metrics.jsonl as it grows, and there is nothing to command.
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections import deque
+import os
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Button, Label, ProgressBar, RichLog, Static
+from textual.widgets import Button, Input, Label, Static
 
 from engine.contract import events as p
+from engine.contract import framing
 from engine.contract.config import Config
-from engine.contract.render import duration, event_line, human, progress_line, sample_block
-from engine.contract.rundir import MetricsTail, RunDir
-from studio.jobs import Exit, TrainJob, first_error
-from studio.widgets.charts import RunCharts
-from studio.widgets.dialogs import ChoiceDialog
+from engine.contract.render import human
+from engine.contract.rundir import RunDir
+from engine.contract.sizing import summary
+from studio.command import headless_command
+from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
+from studio.machine import device_memory
+from studio.messages import (
+    ConfigState,
+    Detached,
+    EngineConnected,
+    EngineExited,
+    EngineNote,
+    FixConfig,
+    RunChanged,
+    RunEvents,
+    SampleAnswered,
+    ValuesChosen,
+)
+from studio.widgets.dialogs import ChoiceDialog, CommandDialog, PathDialog
+from studio.widgets.runview import RunView
 
-FLUSH_S = 0.1
 FOLLOW_S = 0.5
-SAMPLES_KEPT = 6
+SAMPLE_NOW = "train-ask-"  # the id prefix of samples asked for here, shown with the others
 
-# what the pane is doing; the footer offers only the keys that make sense in each
-IDLE, STARTING, TRAINING, PAUSED, STOPPING, FOLLOWING = (
-    "idle", "starting", "training", "paused", "stopping", "following",
-)  # fmt: skip
+
+class RunState(Enum):
+    """What the pane is doing; the footer offers only the keys that make sense in each."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    TRAINING = "training"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    FOLLOWING = "following"
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -59,7 +79,7 @@ def free_name(out_dir: Path, name: str) -> str:
 
 
 class TrainPane(Vertical):
-    """One training run at a time: its controls, status, charts, samples and log."""
+    """One training run at a time: its controls and state above the run view."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "start", "Start", tooltip="Train the Config pane's config"),
@@ -67,61 +87,28 @@ class TrainPane(Vertical):
         Binding("p", "resume", "Resume", tooltip="Continue the paused run"),
         Binding("x", "stop", "Stop", tooltip="Write a checkpoint, then end the run"),
         Binding("c", "save", "Save now", tooltip="Write a checkpoint now and go on"),
+        Binding("n", "sample_now", "Sample now", tooltip="Ask the run for a sample of a prompt"),
+        Binding("f6", "show_command", "Show command", tooltip="The headless command for this"),
+        Binding("l", "log_scale", "Log y", tooltip="Charts: log-scale y axis, or linear again"),
+        Binding("e", "smooth", "Smooth", tooltip="Charts: EMA-smoothed curves over the raw ones"),
     ]
 
-    state: reactive[str] = reactive(IDLE)
-    """idle, starting, training, paused, stopping or following."""
-
-    class FixConfig(Message):
-        """Start was refused because this field is at fault: show it to the user."""
-
-        def __init__(self, key: str) -> None:
-            super().__init__()
-            self.key = key
-
-    class Renamed(Message):
-        """The run was started under a new name (the old one held a run)."""
-
-        def __init__(self, name: str) -> None:
-            super().__init__()
-            self.name = name
-
-    class SampleAnswered(Message):
-        """A sample the studio asked for (it has a request id), for the Chat pane."""
-
-        def __init__(self, sample: p.Sample) -> None:
-            super().__init__()
-            self.sample = sample
-
-    class RunChanged(Message):
-        """A run started or ended: the Chat and Runs panes care which one is live."""
-
-        def __init__(self, name: str | None, run_dir: Path | None) -> None:
-            super().__init__()
-            self.name = name
-            self.run_dir = run_dir
+    state: reactive[RunState] = reactive(RunState.IDLE)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.can_focus = True
-        self.config: Config | None = None  # the Config pane's last valid config
-        self.errors: dict[str, str] = {}  # and what is wrong with the form now
-        self.job: TrainJob | None = None
+        self.config_state: ConfigState | None = None  # the Config pane's, as the App holds it
+        self.job: TrainJob | AttachJob | None = None  # the run we command: ours, or attached
+        self.left: Path | None = None  # the run folder of a run left training at quit
         # argv for the engine's arguments; None: python -m engine.train (a benchmark or a test
         # puts a stand-in engine here)
         self.engine_command: Callable[[list[str]], list[str]] | None = None
-        self.follow_tail: MetricsTail | None = None
-        self.run_name = ""
-        self.run_dir: Path | None = None
-        self.step = 0
-        self.max_steps = 0
+        self.follower: MetricsFollower | None = None
         self.last_exit: Exit | None = None
-        self.samples: deque[p.Sample] = deque(maxlen=SAMPLES_KEPT)
-        self.events_seen = 0
         self.notes: list[str] = []  # what went wrong on the wire, as logged
-        self.log_lines: list[str] = []  # everything written to the event log, unwrapped
-        self._inbox: list[p.Event] = []
-        self._last: dict[str, p.Event] = {}  # the latest event of each type, for the status
+        self._asked = 0  # samples asked for with `n`
+        self._last_prompt = ""
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -131,54 +118,77 @@ class TrainPane(Vertical):
             yield Button("Pause", id="train-pause", compact=True, tooltip="p")
             yield Button("Stop", id="train-stop", compact=True, tooltip="x")
             yield Button("Save now", id="train-save", compact=True, tooltip="c")
+            yield Label("processes", id="train-processes-label")
+            yield Input(
+                "1",
+                id="train-processes",
+                type="integer",
+                compact=True,
+                tooltip="more than 1: torchrun on this machine (DDP or FSDP by train.parallel)",
+            )
             yield Static(id="train-status", markup=False)
-        with Horizontal(id="train-progress-row"):
-            yield ProgressBar(total=1, show_eta=False, id="train-progress")  # not pulsing: idle
-            yield Label("", id="train-eta", markup=False)
-        yield Static(id="train-figures", markup=False)
-        yield RunCharts(id="train-charts")
-        with Horizontal(id="train-bottom"):
-            with Vertical(id="train-samples-box"):
-                yield Label("Live samples", classes="box-title")
-                yield Static("none yet", id="train-samples", markup=False)
-            with Vertical(id="train-log-box"):
-                yield Label("Events", classes="box-title")
-                yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000, min_width=20)
+        yield RunView(id="train-view")
+
+    @property
+    def view(self) -> RunView:
+        return self.query_one(RunView)
+
+    @property
+    def status(self) -> Static:
+        return self.query_one("#train-status", Static)
+
+    @property
+    def processes(self) -> int:
+        """How many processes the next run gets (the field; 1 when empty or not a number)."""
+        try:
+            return max(1, int(self.query_one("#train-processes", Input).value or 1))
+        except ValueError:
+            return 1
+
+    # what the run view knows, for the App, tests and benchmarks
+    @property
+    def step(self) -> int:
+        return self.view.step
+
+    @property
+    def run_name(self) -> str:
+        return self.view.run_name
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.view.run_dir
 
     def on_mount(self) -> None:
-        self.set_interval(FLUSH_S, self._flush)
+        self.watch(self.app, "config", self._config_changed)
         self._show_status()
 
-    # -- data in ---------------------------------------------------------------------------
-
-    def show_config(self, config: Config, errors: dict[str, str]) -> None:
-        """The Config pane's state, handed down by the app on every change."""
-        self.config, self.errors = copy.deepcopy(config), dict(errors)
-        if self.state == IDLE:
+    def _config_changed(self, state: ConfigState | None) -> None:
+        self.config_state = state
+        if self.state is RunState.IDLE:
             self._show_status()
 
     # -- actions ---------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        running = self.state in (TRAINING, PAUSED)
         if action == "start":
-            return self.state == IDLE
+            return self.state is RunState.IDLE
         if action == "pause":
-            return self.state == TRAINING
+            return self.state is RunState.TRAINING
         if action == "resume":
-            return self.state == PAUSED
-        if action in ("stop", "save"):
-            return running
+            return self.state is RunState.PAUSED
+        if action in ("stop", "save", "sample_now"):
+            return self.state in (RunState.TRAINING, RunState.PAUSED)
         return True
 
-    def watch_state(self, state: str) -> None:
+    def watch_state(self, state: RunState) -> None:
         self.refresh_bindings()
-        paused = state == PAUSED
-        pause = self.query_one("#train-pause", Button)
-        pause.label = "Resume" if paused else "Pause"
+        self.view.live = state in (RunState.TRAINING, RunState.PAUSED, RunState.FOLLOWING)
+        self.query_one("#train-pause", Button).label = (
+            "Resume" if state is RunState.PAUSED else "Pause"
+        )
         for button, allowed in (
             ("#train-start", self.check_action("start", ())),
-            ("#train-pause", state in (TRAINING, PAUSED)),
+            ("#train-pause", state in (RunState.TRAINING, RunState.PAUSED)),
             ("#train-stop", self.check_action("stop", ())),
             ("#train-save", self.check_action("save", ())),
         ):
@@ -189,7 +199,7 @@ class TrainPane(Vertical):
         event.stop()
         action = {
             "train-start": "start",
-            "train-pause": "resume" if self.state == PAUSED else "pause",
+            "train-pause": "resume" if self.state is RunState.PAUSED else "pause",
             "train-stop": "stop",
             "train-save": "save",
         }.get(event.button.id or "")
@@ -197,15 +207,16 @@ class TrainPane(Vertical):
             self.run_action(action)
 
     @work(exclusive=True, group="train-start")
-    async def action_start(self, resume: bool = False) -> None:
+    async def action_start(self) -> None:
         """Train the Config pane's config; a fault in the form blocks it, naming the field."""
-        if self.state != IDLE:
+        if self.state is not RunState.IDLE:
             return
-        if self.errors or self.config is None:
+        state = self.config_state
+        if state is None or state.errors:
             self._refuse_invalid()
             return
-        config = self.config
-        if not resume and holds_run(config.run_dir):
+        config, resume = copy.deepcopy(state.config), False  # the App's is shared
+        if holds_run(config.run_dir):
             fresh = free_name(Path(config.out_dir), config.name)
             answer = await self.app.push_screen_wait(
                 ChoiceDialog(
@@ -218,49 +229,118 @@ class TrainPane(Vertical):
                 return
             if answer == "new":
                 config.name = fresh
-                self.post_message(self.Renamed(fresh))
+                self.post_message(ValuesChosen({"name": fresh}))
             resume = answer == "resume"
-        await self.start_run(config, resume=resume)
-
-    async def start_run(self, config: Config, *, resume: bool = False) -> None:
-        """Start `config` as a training subprocess (continuing its run when `resume`)."""
-        self._reset(config.name, config.run_dir)
-        self.state = STARTING
-        verb = "continuing" if resume else "starting"
-        self._log(f"{verb} {config.name}: python -m engine.train ... in {Path.cwd()}")
-        self.job = self._make_job()
-        try:
-            await self.job.start(config, resume=resume)
-        except OSError as err:
-            self._log(f"could not start the engine: {err}", error=True)
-            self.job = None
-            self.state = IDLE
+        if not await self._fits(config):
             return
-        self.post_message(self.RunChanged(config.name, config.run_dir))
+        self.start_run(config, resume=resume)
 
-    def _make_job(self) -> TrainJob:
-        return TrainJob(self._receive, self._note, self._exited, command=self.engine_command)
+    async def _fits(self, config: Config) -> bool:
+        """A config whose memory estimate exceeds the device's is started only when the user
+        says so, having seen both figures."""
+        need = summary(config)["memory"]["total"]
+        have, what = await asyncio.to_thread(device_memory, config.train.device)
+        if have is None or need <= have:
+            return True
+        answer = await self.app.push_screen_wait(
+            ChoiceDialog(
+                f"Training {config.name} needs about {human(need, 'B')} of memory (the Config "
+                f"pane's estimate); this machine has {human(have, 'B')} of {what}. It will "
+                "likely run out. Start anyway?",
+                [("start", "Start anyway")],
+                cancel="Don't start",
+            )
+        )
+        return answer == "start"
+
+    def start_run(self, config: Config, *, resume: bool = False) -> None:
+        """Start `config` as a training subprocess (continuing its run when `resume`)."""
+        self.workers.cancel_group(self, "train-follow")  # a run followed before is put away
+        self.follower = None
+        self.view.reset(config.name, config.run_dir, waiting=True)
+        self.last_exit = None
+        self.state = RunState.STARTING
+        verb = "continuing" if resume else "starting"
+        self.view.write(f"{verb} {config.name}: python -m engine.train ... in {Path.cwd()}")
+        processes = self.processes
+        self.job = TrainJob(self, command=self.engine_command, processes=processes)
+        if processes > 1:
+            self.view.write(
+                f"{processes} processes under torchrun ({config.train.parallel}); one run"
+            )
+        self._run_job(self.job, config, resume)
+        self.post_message(RunChanged(config.name, config.run_dir))
+
+    @work(group="train-job", exclusive=True, exit_on_error=False)
+    async def _run_job(self, job: TrainJob, config: Config, resume: bool) -> None:
+        try:
+            await job.run(config, resume=resume)
+        except OSError as err:
+            self.view.write(f"could not start the engine: {err}", error=True)
+            self.view.ended()
+            self.job = None
+            self.state = RunState.IDLE
+            self.post_message(RunChanged(None, None))
+
+    @work(exclusive=True, group="train-sample")
+    async def action_sample_now(self) -> None:
+        """Ask for a prompt; the run answers between two steps, in the samples box."""
+        prompt = await self.app.push_screen_wait(
+            PathDialog(
+                "Sample the live weights now, continuing this prompt:",
+                self._last_prompt,
+                action="Sample",
+                placeholder="a prompt, e.g. The ",
+            )
+        )
+        if not prompt:
+            return
+        self._last_prompt = prompt
+        self._asked += 1
+        request_id = f"{SAMPLE_NOW}{self._asked}"
+        tokens = self.config_state.config.train.sample_tokens if self.config_state else 200
+        if self._send(p.SampleRequest(prompt=prompt, max_tokens=tokens, id=request_id)):
+            self.view.write(f"asked for a sample of {prompt!r}")
+
+    def action_show_command(self) -> None:
+        """The headless command line for the Config pane's config, to run it on a server."""
+        state = self.config_state
+        if state is None or state.errors:
+            self._refuse_invalid()
+            return
+        self.app.push_screen(
+            CommandDialog(
+                "Train this config headless (from this folder, or a clone on a server):",
+                headless_command(state.config, state.source),
+            )
+        )
+
+    def action_log_scale(self) -> None:
+        self.view.charts.toggle_log()
+
+    def action_smooth(self) -> None:
+        self.view.charts.toggle_smooth()
 
     def action_pause(self) -> None:
         if self._send(p.Pause()):
-            self._log("asked the engine to pause after this step")
+            self.view.write("asked the engine to pause after this step")
 
     def action_resume(self) -> None:
         if self._send(p.Resume()):
-            self._log("asked the engine to resume")
+            self.view.write("asked the engine to resume")
 
     def action_stop(self) -> None:
         if self._send(p.Stop()):
-            self.state = STOPPING
-            self._log("asked the engine to write a checkpoint and stop")
+            self.state = RunState.STOPPING
+            self.view.write("asked the engine to write a checkpoint and stop")
 
     def action_save(self) -> None:
         if self._send(p.Save()):
-            self._log("asked the engine for a checkpoint now")
+            self.view.write("asked the engine for a checkpoint now")
 
     def ask_sample(self, request: p.SampleRequest) -> bool:
         """Ask the live run for a sample; its answer comes back as SampleAnswered."""
-        return self.state in (TRAINING, PAUSED) and self._send(request)
+        return self.state in (RunState.TRAINING, RunState.PAUSED) and self._send(request)
 
     def _send(self, command: p.Command) -> bool:
         if self.job is None or not self.job.send(command):
@@ -273,15 +353,16 @@ class TrainPane(Vertical):
         return True
 
     def _refuse_invalid(self) -> None:
-        if not self.errors:
+        errors = self.config_state.errors if self.config_state else {}
+        if not errors:
             self.notify("No valid config yet: fill in the Config pane first.", severity="error")
             return
-        key, reason = next(iter(self.errors.items()))
-        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        key, reason = next(iter(errors.items()))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         message = f"{key}: {reason}{more}"
-        self.query_one("#train-status", Static).update(f"cannot start: {message}")
+        self.status.update(f"cannot start: {message}")
         self.notify(message, title="Cannot start: fix this first", severity="error", markup=False)
-        self.post_message(self.FixConfig(key))
+        self.post_message(FixConfig(key))
 
     # -- the quit question -----------------------------------------------------------------
 
@@ -300,185 +381,158 @@ class TrainPane(Vertical):
         if answer is None:
             return False
         if answer == "leave":
-            run_dir = self.run_dir
+            self.left = self.run_dir
             await self.job.leave()
-            self.notify(f"{self.run_name} trains on; follow it: gpt-studio --follow {run_dir}")
             return True
-        self.state = STOPPING
+        self.state = RunState.STOPPING
         await self.job.stop()
         return True
+
+    # -- attach to a run training elsewhere ------------------------------------------------
+
+    def attach(self, where: str | Path) -> bool:
+        """Watch and command a run started elsewhere: its folder (RUN_DIR/control.json says
+        where it listens) or its control address (unix:PATH, tcp:HOST:PORT, e.g. forwarded
+        over ssh). False, with the reason shown, when there is nothing to attach to."""
+        if self.state is not RunState.IDLE:
+            self.notify("A run is already going in the Train pane.", severity="error")
+            return False
+        where = str(where)
+        run_dir: Path | None = Path(where) if Path(where).is_dir() else None
+        if run_dir is not None:
+            record = RunDir(run_dir).control_record()
+            if record is None or not record.alive():
+                self.notify(
+                    f"{run_dir} is not training now (no live control endpoint): open it in the "
+                    "Runs pane to see its curves, or resume it",
+                    title="Nothing to attach to",
+                    severity="error",
+                    markup=False,
+                )
+                return False
+            address, token, name = record.address, record.token, run_dir.name
+        else:
+            address, token, name = where, os.environ.get(framing.TOKEN_ENV, ""), where
+        self.workers.cancel_group(self, "train-follow")
+        self.follower = None
+        self.view.reset(name, run_dir, waiting=True)
+        self.last_exit = None
+        self.state = RunState.STARTING
+        self.view.write(f"attaching to {name} at {address}")
+        self.job = AttachJob(self, address, token)
+        self._run_attached(self.job)
+        self.post_message(RunChanged(name, run_dir))
+        return True
+
+    @work(group="train-job", exclusive=True, exit_on_error=False)
+    async def _run_attached(self, job: AttachJob) -> None:
+        try:
+            await job.run()
+        except OSError as err:
+            self.view.write(f"could not attach: {err}", error=True)
+            self.notify(f"could not attach: {err}", severity="error", markup=False)
+            self._ended()
+
+    def on_detached(self, message: Detached) -> None:
+        message.stop()
+        self.view.flush()
+        done = self.view.last(p.Done)
+        if message.finished and done is not None:
+            self.view.write(f"the run ended ({done.reason} at step {done.step})")
+        else:
+            where = self.run_dir or (self.job.address if isinstance(self.job, AttachJob) else "")
+            self.view.write(
+                f"lost the connection to the run; if it still trains: gpt-studio --attach {where}",
+                error=True,
+            )
+        self._ended()
+
+    def _ended(self) -> None:
+        self.view.ended()
+        self.job = None
+        self.state = RunState.IDLE
+        self.post_message(RunChanged(None, None))
 
     # -- follow a headless run -------------------------------------------------------------
 
     def follow(self, run_dir: Path) -> None:
         """Show a run someone else started, from its metrics.jsonl as it grows."""
-        self._reset(run_dir.name, run_dir)
-        self.follow_tail = RunDir(run_dir).tail()
-        self.state = FOLLOWING
-        self._log(f"following {run_dir / 'metrics.jsonl'} (read-only: the run is not ours)")
-        self._read_followed()
-        self.set_interval(FOLLOW_S, self._read_followed)
+        self.view.reset(run_dir.name, run_dir)
+        self.state = RunState.FOLLOWING
+        self.view.write(f"following {run_dir / 'metrics.jsonl'} (read-only: the run is not ours)")
+        self.follower = MetricsFollower(self, run_dir, FOLLOW_S)
+        self._follow(self.follower)
 
-    def _read_followed(self) -> None:
-        if self.follow_tail is not None:
-            self._inbox.extend(self.follow_tail.read_new())
+    @work(group="train-follow", exclusive=True, exit_on_error=False)
+    async def _follow(self, follower: MetricsFollower) -> None:
+        await follower.run()
 
     # -- what the engine says --------------------------------------------------------------
 
-    def _receive(self, event: p.Event) -> None:
-        self._inbox.append(event)  # applied by the next flush
+    def on_run_events(self, message: RunEvents) -> None:
+        message.stop()
+        self.view.add(message.events)
+        for event in message.events:
+            if isinstance(event, p.Start) and self.state is RunState.STARTING:
+                self.state = RunState.TRAINING
+            elif isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
+                self.view.show_sample(event)
+            elif isinstance(event, p.Sample) and event.id:
+                self.post_message(SampleAnswered(event))
+            elif isinstance(event, p.Paused) and self.state is RunState.TRAINING:
+                self.state = RunState.PAUSED
+            elif isinstance(event, p.Resumed) and self.state is RunState.PAUSED:
+                self.state = RunState.TRAINING
+            elif isinstance(event, p.Done) and self.state is RunState.FOLLOWING:
+                self.state = RunState.IDLE  # nothing more will come: no longer following
+        if self.state is not RunState.IDLE:
+            self._show_status()
 
-    def _note(self, text: str) -> None:
-        self.notes.append(text)
-        self._log(text, error=True)
+    def on_engine_connected(self, message: EngineConnected) -> None:
+        message.stop()
 
-    def _exited(self, exit: Exit) -> None:
-        self._flush()
+    def on_engine_note(self, message: EngineNote) -> None:
+        message.stop()
+        self.notes.append(message.text)
+        self.view.write(message.text, error=True)
+
+    def on_engine_exited(self, message: EngineExited) -> None:
+        message.stop()
+        exit = message.exit
+        self.view.flush()
         self.last_exit = exit
-        done = self._last.get("done")
+        done = self.view.last(p.Done)
         if exit.code == 0:
-            reason = done.reason if isinstance(done, p.Done) else "ended"
-            self._log(f"the engine exited cleanly ({reason} at step {self.step})")
+            reason = done.reason if done is not None else "ended"
+            self.view.write(f"the engine exited cleanly ({reason} at step {self.step})")
         else:
-            self._log(f"{exit.describe()}; the last lines it wrote:", error=True)
+            self.view.write(f"{exit.describe()}; the last lines it wrote:", error=True)
             for line in exit.stderr:
-                self._log(f"  {line}", error=True)
+                self.view.write(f"  {line}", error=True)
+            for rank, error in sorted(exit.ranks.items()):
+                self.view.write(f"rank {rank} failed: {error}", error=True)
             self.notify(first_error(exit), title="Training failed", severity="error", markup=False)
-        if not self.max_steps:  # it never started: stop the bar's waiting pulse
-            self.query_one(ProgressBar).update(total=1, progress=0)
+        self.view.ended()
         self.job = None
-        self.state = IDLE
-        self.post_message(self.RunChanged(None, None))
-
-    def _reset(self, name: str, run_dir: Path | None) -> None:
-        self.run_name, self.run_dir = name, run_dir
-        self.step = self.max_steps = self.events_seen = 0
-        self.last_exit = None
-        self.samples.clear()
-        self._last.clear()
-        self._inbox.clear()
-        self.query_one(RunCharts).clear()
-        self.query_one("#train-samples", Static).update("none yet")
-        self.query_one(ProgressBar).update(total=None, progress=0)
-
-    def _flush(self) -> None:
-        """Apply the events that arrived since the last flush, in order."""
-        if not self._inbox:
-            return
-        events = self._inbox[:]
-        self._inbox.clear()
-        charts = self.query_one(RunCharts)
-        new_samples = False
-        for event in events:
-            self.events_seen += 1
-            self._last[event.type] = event
-            charts.add(event)
-            if isinstance(event, p.Start):
-                self._started(event)
-            elif isinstance(event, p.Step):
-                self.step = event.step
-            elif isinstance(event, p.Sample):
-                if event.id:
-                    self.post_message(self.SampleAnswered(event))
-                else:
-                    self.samples.append(event)
-                    new_samples = True
-            elif isinstance(event, p.Progress):
-                self._preparing(event)
-            elif isinstance(event, p.Paused) and self.state == TRAINING:
-                self.state = PAUSED
-            elif isinstance(event, p.Resumed) and self.state == PAUSED:
-                self.state = TRAINING
-            line = describe(event)
-            if line is not None:
-                bad = isinstance(event, p.Error) or (
-                    isinstance(event, p.Log) and event.level != "info"
-                )
-                self._log(line, error=bad)
-        if new_samples:
-            self._show_samples()
-        self._show_status()
-
-    def _started(self, event: p.Start) -> None:
-        self.max_steps, self.step = event.max_steps, event.resumed_from
-        if self.state == STARTING:
-            self.state = TRAINING
-        on_gpu = event.device.startswith("cuda")
-        self.query_one(RunCharts).set_memory_title("GPU memory GB" if on_gpu else "memory GB (RSS)")
-
-    def _preparing(self, event: p.Progress) -> None:
-        """Before the first step the engine prepares its data: show that on the bar."""
-        if self.max_steps:
-            return
-        self.query_one(ProgressBar).update(total=event.total, progress=event.done)
-        self.query_one("#train-eta", Label).update(progress_line(event))
-
-    def _show_samples(self) -> None:
-        latest = self.samples[-1].step
-        shown = [s for s in self.samples if s.step == latest]
-        text = "\n\n".join(sample_block(s) for s in shown)
-        self.query_one("#train-samples", Static).update(text)
+        self.state = RunState.IDLE
+        self.post_message(RunChanged(None, None))
 
     def _show_status(self) -> None:
-        status = self.query_one("#train-status", Static)
-        step = self._last.get("step")
-        evaluation = self._last.get("eval")
-        if self.state == IDLE and self.last_exit is None and not self.events_seen:
-            status.update(self._ready_text())  # may wrap; shown while nothing streams in
-        else:  # while events stream in: short lines of fixed size, so no relayout each time
-            status.update(f"{self.run_name} · {self.state}", layout=False)
-        bar = self.query_one(ProgressBar)
-        if self.max_steps:
-            bar.update(total=self.max_steps, progress=self.step)
-        figures = []
-        if isinstance(step, p.Step):
-            eta = duration(step.eta_s) if self.state in (TRAINING, PAUSED, FOLLOWING) else "-"
-            self.query_one("#train-eta", Label).update(
-                f"step {self.step}/{self.max_steps} · eta {eta}", layout=False
-            )
-            figures += [
-                f"loss {step.loss:.4f}",
-                f"lr {step.lr:.2e}",
-                f"{human(step.tokens_per_s)} tok/s",
-                f"{step.step_ms:.0f} ms/step",
-                f"mem {step.mem_gb:.2f} GB",
-            ]
-        if isinstance(evaluation, p.Eval):
-            figures.append(f"val {evaluation.val_loss:.4f} (step {evaluation.step})")
-        self.query_one("#train-figures", Static).update("  ·  ".join(figures), layout=False)
+        if self.state is RunState.IDLE and self.last_exit is None and not self.view.events_seen:
+            self.status.update(self._ready_text())  # may wrap; shown while nothing streams in
+        else:  # while events stream in: a short line of fixed size, so no relayout each time
+            done = self.view.last(p.Done) if self.state is RunState.IDLE else None
+            state = done.reason if done is not None else self.state.value
+            self.status.update(f"{self.run_name} · {state}", layout=False)
 
     def _ready_text(self) -> str:
-        if self.config is None:
+        state = self.config_state
+        if state is None:
             return "no config yet"
-        if self.errors:
-            return f"the config has {len(self.errors)} problem(s): fix them in the Config pane"
-        c = self.config
+        if state.errors:
+            return f"the config has {len(state.errors)} problem(s): fix them in the Config pane"
+        c = state.config
         return (
             f"ready: {c.name} · {c.model.n_layer} layers × {c.model.n_embd} wide · "
             f"{c.train.max_steps} steps on {c.data.source} → {c.run_dir}  (press s to start)"
         )
-
-    def _log(self, text: str, *, error: bool = False) -> None:
-        self.log_lines.append(text)
-        self.query_one("#train-log", RichLog).write(
-            Text(text, "bold red" if error else ""), scroll_end=True
-        )
-
-
-def describe(event: p.Event) -> str | None:
-    """The log line an event gets; steps are in the charts and status, not the log."""
-    if isinstance(event, p.Start):
-        resumed = f", continuing after step {event.resumed_from}" if event.resumed_from else ""
-        return (
-            f"{event.run}: {human(event.params)} parameters on {event.device} ({event.dtype}), "
-            f"{event.max_steps} steps of {human(event.tokens_per_step)} tokens{resumed}"
-        )
-    if isinstance(event, p.Eval):
-        return f"step {event.step}: val loss {event.val_loss:.4f} (perplexity {event.ppl:.2f})"
-    if isinstance(event, p.Checkpoint):
-        return f"step {event.step}: saved {event.path}" + (" (best so far)" if event.best else "")
-    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady)):
-        return event_line(event, 0)  # as the engine's console writes it
-    if isinstance(event, p.Sample) and event.id:
-        return f"step {event.step}: answered sample request {event.id}"
-    return None

@@ -29,10 +29,11 @@ MARKERS = ("braille", "dot")  # the second series stands out from the first in m
 
 
 class Series:
-    """One named line: x and y, growing."""
+    """One named line: x and y, growing; `marker` "braille" (a line) or "dot" (points)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, marker: str = "") -> None:
         self.name = name
+        self.marker = marker
         self.xs: list[float] = []
         self.ys: list[float] = []
 
@@ -69,27 +70,67 @@ def nice_ticks(lo: float, hi: float, most: int) -> list[float]:
     return [float(f"{first + i * step:.12g}") for i in range(count)]
 
 
-def draw(title: str, series: list[Series], width: int, height: int, fmt: Format = human) -> Text:
+def ema(ys: list[float], weight: float) -> list[float]:
+    """Exponential moving average, as TensorBoard smooths: each point leans `weight` on the last."""
+    out: list[float] = []
+    for y in ys:
+        out.append(y if not out else weight * out[-1] + (1 - weight) * y)
+    return out
+
+
+def _log10(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The points a log scale can show (y > 0), with y as its power of ten."""
+    kept = [(x, math.log10(y)) for x, y in zip(xs, ys, strict=True) if y > 0]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def draw(
+    title: str,
+    series: list[Series],
+    width: int,
+    height: int,
+    fmt: Format = human,
+    *,
+    log_y: bool = False,
+    smooth: float = 0.0,
+    smoothed: frozenset[str] = frozenset(),
+    legend: bool = False,
+) -> Text:
     """A plotext chart as Rich text, without backgrounds so it sits on the studio's theme.
 
     Ticks are placed here rather than by plotext, so steps read as whole numbers and each
     chart's values in the units a person reads them in (loss 2.31, lr 3e-4, 52K tokens/s).
+    `log_y` plots powers of ten (ticks still read as values); `smooth` is an EMA weight for the
+    series named in `smoothed`, drawn over their raw points in sparse dots. `legend` boxes the
+    names in their colors inside the plot (for many series) instead of naming them in the title.
     """
     fig = plotext.figure
     fig.clear()
     fig.plot_size(width, height)
     fig.theme("dark")
-    filled = [s for s in series if s.xs]
-    for s, marker in zip(filled, MARKERS, strict=False):
-        xs, ys = thin(s.xs, s.ys, 2 * width)
+    lines: list[tuple[str, list[float], list[float], str]] = []
+    for i, s in enumerate(x for x in series if x.xs):
+        xs, ys = _log10(s.xs, s.ys) if log_y else (s.xs, s.ys)
+        if not xs:
+            continue
+        marker = s.marker or MARKERS[min(i, len(MARKERS) - 1)]
+        if smooth and s.name in smoothed and len(ys) > 2:
+            lines.append(("", xs, ys, "dot"))  # the raw curve, faint behind its average
+            lines.append((s.name, xs, ema(ys, smooth), marker))
+        else:
+            lines.append((s.name, xs, ys, marker))
+    for name, xs, ys, marker in lines:
+        xs, ys = thin(xs, ys, 2 * width)
         signal = fig.signal(xs, ys, marker=marker)
         signal.lines()
+        if legend and name:
+            signal.label(name)
         fig.draw(signal)
-    if filled:  # limits first: plotext spreads ticks evenly unless it knows the range
-        x0 = min(s.xs[0] for s in filled)
-        x1 = max(s.xs[-1] for s in filled)
-        y0 = min(min(s.ys) for s in filled)
-        y1 = max(max(s.ys) for s in filled)
+    if lines:  # limits first: plotext spreads ticks evenly unless it knows the range
+        x0 = min(xs[0] for _, xs, _, _ in lines)
+        x1 = max(xs[-1] for _, xs, _, _ in lines)
+        y0 = min(min(ys) for _, _, ys, _ in lines)
+        y1 = max(max(ys) for _, _, ys, _ in lines)
         pad = (y1 - y0) * 0.05 or abs(y0) * 0.05 or 1.0
         y0, y1 = y0 - pad, y1 + pad
         x1 = x1 if x1 > x0 else x0 + 1
@@ -98,9 +139,16 @@ def draw(title: str, series: list[Series], width: int, height: int, fmt: Format 
         xt = nice_ticks(x0, x1, max(2, width // 12))
         yt = nice_ticks(y0, y1, max(2, (height - 4) // 2))
         fig.ruler(0).ticks(xt, [f"{x:g}" if abs(x) < 1e5 else human(x) for x in xt])
-        fig.ruler(1).ticks(yt, [fmt(y) for y in yt])
-    names = " · ".join(f"{s.name} {'⣿' if i == 0 else '•'}" for i, s in enumerate(filled))
-    fig.title(f"{title}  {names}" if len(filled) > 1 else title)
+        fig.ruler(1).ticks(yt, [fmt(10**y if log_y else y) for y in yt])
+    if legend:
+        fig.legend()
+    named = [name for name, *_ in lines if name]
+    glyph = {name: "⣿" if marker == "braille" else "•" for name, _, _, marker in lines if name}
+    how = " · ".join(x for x in ("log" if log_y else "", f"ema {smooth:g}" if smooth else "") if x)
+    head = f"{title} ({how})" if how else title
+    if len(named) > 1 and not legend:
+        head += "  " + " · ".join(f"{name} {glyph[name]}" for name in named)
+    fig.title(head)
     text = Text.from_ansi(fig.build().string())
     text.spans = [_no_background(span) for span in text.spans]
     return text
@@ -119,12 +167,23 @@ class Chart(Widget):
     """
 
     def __init__(
-        self, title: str, names: tuple[str, ...], fmt: Format = human, *, id: str | None = None
+        self,
+        title: str,
+        names: tuple[str, ...],
+        fmt: Format = human,
+        *,
+        smoothed: frozenset[str] = frozenset(),
+        legend: bool = False,
+        id: str | None = None,
     ) -> None:
         super().__init__(id=id)
         self.title = title
         self.fmt = fmt
         self.series = {name: Series(name) for name in names}
+        self.smoothed = smoothed  # the noisy series that smoothing averages
+        self.legend = legend
+        self.log_y = False
+        self.smooth = 0.0
         self._stale = False
         self._drawn: tuple[int, int, int] | None = None
         self._text = Text()
@@ -142,6 +201,19 @@ class Chart(Widget):
             s.ys.clear()
         self._version += 1
         self.refresh()
+
+    def set_series(self, series: list[Series]) -> None:
+        """Show these lines instead (a comparison of runs)."""
+        self.series = {s.name: s for s in series}
+        self._version += 1
+        self.refresh()
+
+    def set_view(self, *, log_y: bool, smooth: float) -> None:
+        """Log-scale y, and the EMA weight for noisy series (0: raw)."""
+        if (log_y, smooth) != (self.log_y, self.smooth):
+            self.log_y, self.smooth = log_y, smooth
+            self._version += 1
+            self.refresh()
 
     def retitle(self, title: str) -> None:
         if title != self.title:
@@ -168,7 +240,10 @@ class Chart(Widget):
         if not self.points:
             self._text = Text.assemble((self.title, "bold"), "\n\nno points yet")
         elif key != self._drawn and width >= 20 and height >= 6:
-            self._text = draw(self.title, list(self.series.values()), width, height, self.fmt)
+            self._text = draw(
+                self.title, list(self.series.values()), width, height, self.fmt,
+                log_y=self.log_y, smooth=self.smooth, smoothed=self.smoothed, legend=self.legend,
+            )  # fmt: skip
             self._drawn = key
         elif width < 20 or height < 6:
             self._text = Text(self.title)
@@ -176,26 +251,48 @@ class Chart(Widget):
 
 
 class RunCharts(Grid):
-    """Loss (train and validation), learning rate, tokens per second and memory of one run."""
+    """Loss (train and validation), gradient norm, learning rate, tokens per second and memory
+    of one run; `l` and `e` (bound by the panes) switch log scale and smoothing for all."""
 
     DEFAULT_CSS = """
-    RunCharts { grid-size: 2 2; grid-gutter: 0 1; height: 1fr; }
+    RunCharts { grid-size: 3 2; grid-columns: 2fr 1fr 1fr; grid-gutter: 0 1; height: 1fr; }
+    RunCharts #chart-loss { row-span: 2; }
     """
-    CHARTS: ClassVar[dict[str, tuple[str, tuple[str, ...], Format]]] = {
-        "loss": ("loss", ("train", "val"), lambda y: f"{y:.2f}"),
-        "lr": ("learning rate", ("lr",), lambda y: f"{y:.1e}".replace("e-0", "e-")),
-        "speed": ("tokens/s", ("tok/s",), human),
-        "memory": ("memory GB", ("mem",), lambda y: f"{y:.3g}"),
+    SMOOTH = 0.9  # the EMA weight when smoothing is on
+    CHARTS: ClassVar[dict[str, tuple[str, tuple[str, ...], Format, frozenset[str]]]] = {
+        "loss": ("loss", ("train", "val"), lambda y: f"{y:.2f}", frozenset({"train"})),
+        "grad": ("grad norm", ("grad",), lambda y: f"{y:.3g}", frozenset({"grad"})),
+        "lr": ("learning rate", ("lr",), lambda y: f"{y:.1e}".replace("e-0", "e-"), frozenset()),
+        "speed": ("tokens/s", ("tok/s",), human, frozenset({"tok/s"})),
+        "memory": ("memory GB", ("mem",), lambda y: f"{y:.3g}", frozenset()),
     }
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.log_y = False
+        self.smooth = 0.0
+
     def compose(self) -> ComposeResult:
-        for key, (title, names, fmt) in self.CHARTS.items():
-            yield Chart(title, names, fmt, id=f"chart-{key}")
+        for key, (title, names, fmt, smoothed) in self.CHARTS.items():
+            yield Chart(title, names, fmt, smoothed=smoothed, id=f"chart-{key}")
+
+    def toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self._apply_view()
+
+    def toggle_smooth(self) -> None:
+        self.smooth = 0.0 if self.smooth else self.SMOOTH
+        self._apply_view()
+
+    def _apply_view(self) -> None:
+        for chart in self.query(Chart):
+            chart.set_view(log_y=self.log_y and chart.id != "chart-lr", smooth=self.smooth)
 
     def on_mount(self) -> None:
-        self.set_interval(REDRAW_S, self._redraw)
+        self.set_interval(REDRAW_S, self.redraw)
 
-    def _redraw(self) -> None:
+    def redraw(self) -> None:
+        """Draw the charts that have new points (the timer's job; a screenshot's too)."""
         for chart in self.query(Chart):
             chart.redraw_if_stale()
 
@@ -206,6 +303,7 @@ class RunCharts(Grid):
         """Take the figures a step or an evaluation carries; other events are not charted."""
         if isinstance(event, p.Step):
             self.chart("loss").add("train", event.step, framing.finite_or_none(event.loss))
+            self.chart("grad").add("grad", event.step, framing.finite_or_none(event.grad_norm))
             self.chart("lr").add("lr", event.step, event.lr)
             self.chart("speed").add("tok/s", event.step, event.tokens_per_s)
             self.chart("memory").add("mem", event.step, event.mem_gb)

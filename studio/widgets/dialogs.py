@@ -13,28 +13,42 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.suggester import Suggester
+from textual.widgets import Button, Input, Label, TextArea
 
 TCSS = Path(__file__).with_name("dialogs.tcss")  # absolute: subclasses may live elsewhere
 
 
 class PathDialog(ModalScreen[str | None]):
-    """Ask for a file path; None when the user backs out."""
+    """Ask for a line of text (a file path, unless told otherwise); None when the user backs
+    out. `suggester` completes what is typed (the Config pane's field names)."""
 
     CSS_PATH = TCSS
     AUTO_FOCUS = "#path"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, value: str = "", *, action: str = "OK") -> None:
+    def __init__(
+        self,
+        title: str,
+        value: str = "",
+        *,
+        action: str = "OK",
+        placeholder: str = "path/to/config.toml",
+        suggester: Suggester | None = None,
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.initial = value
         self.action_label = action
+        self.placeholder = placeholder
+        self.suggester = suggester
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title", markup=False)
-            yield Input(self.initial, placeholder="path/to/config.toml", id="path")
+            yield Input(
+                self.initial, placeholder=self.placeholder, suggester=self.suggester, id="path"
+            )
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.action_label, variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
@@ -119,4 +133,36 @@ class ChoiceDialog(ModalScreen[str | None]):
         self.dismiss(button_id.removeprefix("choice-") if button_id != "cancel" else None)
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class CommandDialog(ModalScreen[None]):
+    """A command line to copy: selectable text, and a button that puts it on the clipboard
+    (through the terminal, so it works over ssh too)."""
+
+    CSS_PATH = TCSS
+    AUTO_FOCUS = "#copy"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
+
+    def __init__(self, title: str, command: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.command = command
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog command-dialog"):
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield TextArea(self.command, read_only=True, soft_wrap=True, id="command")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Copy", variant="primary", id="copy")
+                yield Button("Close", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "copy":
+            self.app.copy_to_clipboard(self.command)
+            self.notify("Copied the command to the clipboard.", markup=False)
+        self.dismiss(None)
+
+    def action_close(self) -> None:
         self.dismiss(None)
