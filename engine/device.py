@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import precision
 from engine.errors import UsageError
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, by a substring of the device name: the
@@ -33,6 +34,7 @@ PEAK_FLOPS = {
 class Runtime:
     device: torch.device
     dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+    why: str = ""  # how dtype = "auto" chose, for the start of the run's log
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -60,8 +62,14 @@ class Runtime:
         return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # bytes vs KiB
 
 
-def pick(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """Resolve train.device and train.dtype against what this machine has."""
+def pick(
+    device: str = "auto", dtype: str = "auto", calibrate: precision.Calibration | None = None
+) -> Runtime:
+    """Resolve train.device and train.dtype against what this machine has.
+
+    On a CPU, `auto` asks engine.precision, which reads the matrix units and, where they exist,
+    runs `calibrate` (a timing at the model's shapes) to decide.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -78,13 +86,16 @@ def pick(device: str = "auto", dtype: str = "auto") -> Runtime:
         )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"train.device = {device!r}, but Apple MPS is not available here")
+    why = ""
     if dtype == "auto":
-        # CPUs without bf16 matrix units run a bf16 matmul ~100x slower than fp32: never default
         if dev.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif dev.type == "cpu":
+            choice = precision.for_training(precision.cpu_features(), calibrate)
+            dtype, why = choice.dtype, choice.line("training")
         else:
             dtype = "float32"
-    return Runtime(dev, getattr(torch, dtype))
+    return Runtime(dev, getattr(torch, dtype), why)
 
 
 def configure_cuda() -> None:

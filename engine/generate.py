@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from engine import precision
 from engine.errors import UsageError, cli_entry
 from engine.model import GPT
+from engine.quantize import KINDS, quantize
 from engine.tokenizer import Tokenizer
 
 # Past the context the window slides: the oldest quarter is dropped and the cache rebuilt from
@@ -181,6 +183,34 @@ def decode(
             logits = model(seq[:, start:end], cache=cache, last_only=True, pad=row_pad)[0]
     finally:
         model.train(was_training)
+
+
+def for_sampling(model: GPT, rows: int, dtype: str = "auto", quant: str = "none") -> str:
+    """Put `model`'s weights, in place, in the format that decodes `rows` rows fastest here;
+    returns the line that says which and why.
+
+    Decoding is bound by streaming the weights, so fewer bytes per weight is faster where the
+    arithmetic keeps up: int8 when asked for, else bf16 or fp32 as `dtype` says or, for auto,
+    as engine.precision finds on this machine.
+    """
+    device = next(model.parameters()).device
+    if quant != "none":
+        quantize(model, quant)
+        return f"weights: {quant} (--quantize {quant})"
+    why = f"--dtype {dtype}"
+    if dtype == "auto" and device.type == "cpu":
+        choice = precision.for_generation(
+            precision.cpu_features(), precision.generation_calibration(model, rows)
+        )
+        dtype, why = choice.dtype, choice.reason
+    elif dtype == "auto":
+        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype, why = ("bfloat16", "a GPU with bf16") if supported else ("float32", device.type)
+    if dtype == "bfloat16":
+        model.to(torch.bfloat16)
+    elif device.type == "cpu" and rows == 1:
+        decoding_layout(model)
+    return f"weights: {dtype} ({why})"
 
 
 def decoding_layout(model: GPT) -> GPT:
@@ -423,6 +453,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="for repeatable samples (default: random)")
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+        help="weights' precision; auto: what this machine decodes fastest (measured on a CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quantize", default="none", choices=KINDS,
+        help="int8: int8 weights, about 4x fewer bytes per token than fp32 (CPU only)",
+    )  # fmt: skip
     return parser
 
 
@@ -532,8 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoint.load_weights(args.source)
     model = checkpoint.build_model(state, device)
     rows = 1 if prompts is None else min(len(prompts) * args.num_samples, args.batch_size)
-    if device.type == "cpu" and rows == 1:
-        decoding_layout(model)
+    print(for_sampling(model, rows, args.dtype, args.quantize), file=sys.stderr)
     tokenizer = from_spec(state["tokenizer"])
     if args.serve:
         session = chat.ChatSession(model, tokenizer)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
+from engine import checkpoint, config, data, device, distributed, metrics, precision, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
@@ -128,7 +128,9 @@ def train(
     `report_to` is the studio's address: events go there too, and its commands are obeyed.
     """
     metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
-    with distributed.start(device.pick(cfg.train.device, cfg.train.dtype)) as group:
+    calibrate = precision.training_calibration(cfg.model, cfg.train.batch_size)
+    runtime = device.pick(cfg.train.device, cfg.train.dtype, calibrate)
+    with distributed.start(runtime) as group:
         main = group.is_main  # only rank 0 talks to the studio and the console
         link = remote.connect(report_to) if report_to and main else None
         if console is None and not quiet and main:
@@ -273,6 +275,8 @@ def loop(run: Run, until: int | None = None) -> None:
         max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
         resumed_from=state.step,
     ))  # fmt: skip
+    if run.runtime.why:
+        reporter.emit(p.Log(run.runtime.why))
     for note in run.notes:
         reporter.emit(p.Log(note, level="warning"))
     if world > 1:
