@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from engine.config import ModelConfig, flops_per_token
+from engine.config import ModelConfig, flops_per_token, loss_chunk_rows
+from engine.loss import linear_cross_entropy
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -221,6 +222,9 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets (-1 ignored), the mean cross-entropy.
 
+        Logits too large to hold at once (see engine.loss) are never built whole: the loss is
+        computed in chunks, and the logits returned are None.
+
         With a cache, `idx` continues the sequence the cache holds. `last_only` keeps just the
         final position's logits, which is all sampling needs. `pad` (B,) counts each row's
         left-padding tokens: nothing attends to them and positions start after them, so prompts
@@ -262,6 +266,12 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
+        if targets is not None:
+            tokens, vocab = x.size(0) * x.size(1), self.lm_head.weight.size(0)
+            rows = loss_chunk_rows(tokens, vocab)
+            if rows < tokens:  # the full logits would be too large to hold: no logits returned
+                h = x.reshape(tokens, -1)
+                return None, linear_cross_entropy(h, self.lm_head.weight, targets.view(-1), rows)
         logits = self.lm_head(x)
         if targets is None:
             return logits, None
