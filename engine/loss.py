@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 
+# eager even inside a torch.compile'd model: the chunk loop would unroll into one graph node per
+# chunk, and each chunk is three large matrix multiplies that compiling cannot speed up
+@torch.compiler.disable
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
     softcap: float | None = None,

@@ -315,7 +315,9 @@ class GPT(nn.Module):
     ) -> torch.optim.AdamW:
         """AdamW that decays matrices only: shrinking norm gains and biases to zero only hurts.
 
-        `fused` (one kernel for all parameters) defaults to on when the weights are on CUDA.
+        `fused` (one kernel for all parameters) defaults to on for plain tensors on CUDA or a
+        CPU: on a small model the per-tensor loop of the default path is a tenth of a step.
+        Sharded (DTensor) weights keep the default path.
         """
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
@@ -323,5 +325,7 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         if fused is None:
-            fused = self.wte.weight.is_cuda
+            fused = all(
+                type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params
+            )
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)

@@ -356,7 +356,7 @@ def train_step(run: Run, lr: float) -> torch.Tensor:
         loss_sum += loss.detach() / t.grad_accum
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(
-        run.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
+        run.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf, foreach=True
     )
     run.scaler.step(run.optimizer)
     run.scaler.update()
