@@ -1,6 +1,6 @@
 """Training throughput of engine.train against nanoGPT's own train.py, side by side in one run.
 
-    python bench/bench_train.py --nanogpt PATH [--data ../shared/data/tinyshakespeare.txt]
+    python bench/bench_train.py --nanogpt PATH --data shared/data/tinyshakespeare.txt
         [--steps 300] [--rounds 3] [--variant NAME=--key=value,...] [--tiny]
 
 PATH is a checkout of karpathy/nanoGPT (or a bare git directory of it, which is exported to a
@@ -107,8 +107,7 @@ def run_engine(config: Path, overrides: list[str], steps: int, out: Path) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nanogpt", required=True, type=Path, help="a karpathy/nanoGPT checkout")
-    parser.add_argument("--data", type=Path,
-                        default=ROOT.parent / "shared/data/tinyshakespeare.txt")  # fmt: skip
+    parser.add_argument("--data", type=Path, required=True, help="tinyshakespeare.txt")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
@@ -135,7 +134,8 @@ def main() -> None:
             runs["tiny preset"] = lambda o: run_engine(tiny, [], min(args.steps, 100), o)[0]
         ms: dict[str, list[float]] = {name: [] for name in runs}
         names = list(runs)
-        _, said = run_engine(config, data, WARMUP + 10, tmp / "probe")
+        probe = [*data, f"--train.warmup_steps={WARMUP}"]
+        _, said = run_engine(config, probe, WARMUP + 10, tmp / "probe")
         print(f"{said or 'engine.train did not say which precision it chose'}")
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]  # each goes first in turn
