@@ -28,11 +28,11 @@ VOCAB = 100352  # cl100k_base, padded to a multiple of 128
 def one_step(batch_size: int, layers: int, chunked: bool) -> dict:
     import torch
 
-    from engine import config
+    from engine.contract import config, sizing
     from engine.model import GPT
 
     if not chunked:  # one chunk holds any logits: the loss as computed before engine.loss
-        config.LOSS_CHUNK_ELEMENTS = 1 << 62
+        sizing.LOSS_CHUNK_ELEMENTS = 1 << 62
     cfg = config.load(ROOT / "presets/mini.toml", [f"--model.n_layer={layers}",
                       f"--train.batch_size={batch_size}", "--train.dtype=float32"])  # fmt: skip
     cfg.model.vocab_size = VOCAB
@@ -45,7 +45,7 @@ def one_step(batch_size: int, layers: int, chunked: bool) -> dict:
     loss.backward()
     optimizer.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    estimate = config.memory_estimate(cfg)
+    estimate = sizing.memory_estimate(cfg)
     return {"peak": peak, "before_step": before, "loss": loss.item(),
             "estimate": estimate["total"], "activations": estimate["activations"]}  # fmt: skip
 

@@ -8,7 +8,7 @@ matrix, then drops the logits. What outlives the forward is one gradient the siz
 states and one the size of the output matrix. The matrix multiplies are the same three per row
 an unchunked layer does (forward, and two for backward), so nothing is recomputed.
 
-`engine.config.loss_chunk_rows` decides the chunk size, so the memory estimate and this agree.
+`engine.contract.sizing.loss_chunk_rows` decides the chunk size, so the memory estimate and this agree.
 """
 
 from __future__ import annotations

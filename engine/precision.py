@@ -23,6 +23,9 @@ import torch
 # A calibration result counts only when it wins by this much: below it, timing noise on a busy
 # machine decides, and fp32 is the precision that loses nothing.
 MARGIN = 1.15
+# Weights smaller than this stay in the CPU's caches between tokens, so decoding them is not
+# bound by memory and smaller formats would only add conversions.
+CACHE_RESIDENT_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,21 @@ def for_training(features: CpuFeatures, calibrate: Calibration | None = None) ->
     return _by_timing(calibrate(), f"{features.units}, measured on one block's training step")
 
 
-def for_generation(features: CpuFeatures, calibrate: Calibration | None = None) -> Choice:
+def for_generation(
+    features: CpuFeatures, calibrate: Calibration | None = None, weight_bytes: int | None = None
+) -> Choice:
     """The dtype to keep weights in for sampling on this CPU.
 
     Decoding a few rows reads every weight once per token, so half-size weights halve the
     time where the arithmetic keeps up: with bf16 units it does, and bf16 is chosen outright.
     Without them a bf16 matrix-vector product may still stream faster than fp32 — or not, once
     the norms and attention run emulated — so given a calibration, its timing of this model's
-    decoding steps decides either way.
+    decoding steps decides either way. Weights small enough to stay in the caches (given
+    `weight_bytes` in fp32) are not bound by memory at all: fp32, nothing to time.
     """
+    if weight_bytes is not None and weight_bytes < CACHE_RESIDENT_BYTES:
+        size = f"{weight_bytes / 2**20:.1f} MiB"
+        return Choice("float32", f"weights of {size} stay in cache: decoding is not memory-bound")
     if calibrate is not None:
         units = "no bf16 units" if features.units == "none" else features.units
         return _by_timing(calibrate(), f"{units}, measured on this model's decoding steps")

@@ -20,7 +20,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 
 KINDS = ("none", "int8", "int8-dynamic")
 

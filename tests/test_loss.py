@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config
-from engine.config import ModelConfig
+from engine.contract import config, sizing
+from engine.contract.config import ModelConfig
 from engine.loss import linear_cross_entropy
 from engine.model import GPT
 
@@ -65,7 +65,7 @@ def test_a_model_with_logits_too_large_for_one_chunk_trains_as_the_plain_one(mon
     y = torch.randint(0, 64, (3, 8))
     _, want = whole(x, y)
     want.backward()
-    monkeypatch.setattr(config, "LOSS_CHUNK_ELEMENTS", 64 * 5)  # five rows a chunk
+    monkeypatch.setattr(sizing, "LOSS_CHUNK_ELEMENTS", 64 * 5)  # five rows a chunk
     logits, got = chunked(x, y)
     assert logits is None
     got.backward()
@@ -79,7 +79,7 @@ def test_memory_estimate_counts_one_chunk_of_a_wide_vocabulary():
     mini = dataclasses.replace(mini, model=dataclasses.replace(mini.model, vocab_size=100352))
     tokens = mini.train.batch_size * mini.model.block_size
     whole_logits = tokens * 100352 * 4
-    estimate = config.memory_estimate(mini)["activations"]
+    estimate = sizing.memory_estimate(mini)["activations"]
     assert estimate < whole_logits  # the full logits are never held
-    rows = config.loss_chunk_rows(tokens, 100352)
+    rows = sizing.loss_chunk_rows(tokens, 100352)
     assert estimate > rows * 100352 * 12  # but one chunk's are

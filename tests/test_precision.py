@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import device, precision
-from engine.config import ModelConfig
+from engine.contract.config import ModelConfig
 
 AMX_CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+
@@ -77,6 +77,18 @@ def test_generation_takes_bf16_outright_with_units_and_measures_without():
     slower = precision.for_generation(plain, timings(fp32=0.10, bf16=1.0))
     assert slower.dtype == "float32"
     assert "0.10x" in slower.reason
+
+
+def test_generation_with_weights_that_fit_in_cache_is_fp32_without_timing():
+    def never():
+        raise AssertionError("small weights need no calibration")
+
+    for features in (precision.CpuFeatures(amx_bf16=True), precision.CpuFeatures()):
+        choice = precision.for_generation(features, never, weight_bytes=4 * 2**20)
+        assert choice.dtype == "float32"
+        assert "stay in cache" in choice.reason
+    big = precision.for_generation(precision.CpuFeatures(), timings(1.0, 0.5), 500 * 2**20)
+    assert big.dtype == "bfloat16"
 
 
 def test_calibrations_time_both_precisions_at_the_models_shapes():
