@@ -93,13 +93,15 @@ def run_engine(config: Path, overrides: list[str], steps: int, out: Path) -> tup
     """Median ms per step of `python -m engine.train`, from its metrics.jsonl; and the log line
     that says which precision it chose."""
     cmd = [sys.executable, "-m", "engine.train", str(config), f"--out_dir={out}",
-           "--name=bench", f"--train.max_steps={steps}", "--log.interval=10", *UNTIMED, *overrides]  # fmt: skip
+           "--name=bench", f"--train.max_steps={steps}", "--log.interval=10",
+           f"--train.warmup_steps={min(100, steps)}", *UNTIMED, *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"engine.train failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "bench/metrics.jsonl").open()]
-    times = [r["step_ms"] for r in records if r.get("type") == "step" and r["step"] > WARMUP]
+    steps = [r for r in records if r.get("type") == "step"]
+    times = [r["step_ms"] for r in steps if r["step"] > WARMUP] or [steps[-1]["step_ms"]]
     said = next((r["message"] for r in records if "precision" in r.get("message", "")), "")
     return statistics.median(times), said
 
@@ -126,23 +128,27 @@ def main() -> None:
         tmp = Path(tmp)
         repo = nanogpt_checkout(args.nanogpt.resolve(), tmp / "nanoGPT")
         prepare_nanogpt(repo, args.data)
-        runs = {name: (lambda o, ov=ov: run_engine(config, ov, args.steps, o)[0])
-                for name, ov in engines.items()}  # fmt: skip
+        said: list[str] = []
+
+        def engine(out: Path, overrides: list[str], config: Path = config) -> float:
+            ms, line = run_engine(config, overrides, args.steps, out)
+            said.append(line)
+            return ms
+
+        runs = {name: (lambda o, ov=ov: engine(o, ov)) for name, ov in engines.items()}
         runs["nanoGPT"] = lambda o: run_nanogpt(repo, args.steps, o)
         if args.tiny:
             tiny = ROOT / "presets/tiny.toml"
-            runs["tiny preset"] = lambda o: run_engine(tiny, [], min(args.steps, 100), o)[0]
+            runs["tiny preset"] = lambda o: engine(o, [], tiny)
         ms: dict[str, list[float]] = {name: [] for name in runs}
         names = list(runs)
-        probe = [*data, f"--train.warmup_steps={WARMUP}"]
-        _, said = run_engine(config, probe, WARMUP + 10, tmp / "probe")
-        print(f"{said or 'engine.train did not say which precision it chose'}")
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]  # each goes first in turn
             for name in order:
                 ms[name].append(runs[name](tmp / f"{name}-{r}".replace(" ", "_")))
             print(f"round {r + 1}: " + ", ".join(f"{n} {ms[n][-1]:.1f} ms" for n in names),
                   flush=True)  # fmt: skip
+    print(said[0] or "engine.train did not say which precision it chose")
     ref = statistics.median(ms["nanoGPT"])
     print(f"\nmedian over {args.rounds} rounds, {args.steps} steps each (first {WARMUP} left out):")
     for name in names:
