@@ -58,9 +58,9 @@ EOF
 
 largest_batch() {  # engine.plan's estimate for one GPU of this memory
     $PY -c "
-from engine import config
+from engine.contract import config, sizing
 cfg = config.load('presets/$1.toml', ['--train.dtype=bfloat16'])
-print(config.plan(cfg, 1, $GPU_GIB)['ddp']['max_batch_size'])"
+print(sizing.plan(cfg, 1, $GPU_GIB)['ddp']['max_batch_size'])"
 }
 
 ROWS=()
