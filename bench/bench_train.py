@@ -1,118 +1,162 @@
-"""Trainer throughput against a plain eager PyTorch loop over the same model and batches.
+"""Training throughput of engine.train against nanoGPT's own train.py, side by side in one run.
 
-    python bench/bench_train.py [--data ../shared/data/tinyshakespeare.txt] [--steps 300] [--rounds 3]
+    python bench/bench_train.py --nanogpt PATH --data shared/data/tinyshakespeare.txt
+        [--steps 300] [--rounds 3] [--variant NAME=--key=value,...] [--tiny]
 
-Both sides train the Shakespeare setup (bench/shakespeare_char.toml) from the same seed on the
-same ShardLoader batches, interleaved round by round so machine noise hits both alike. The plain
-loop is what nanoGPT's train.py does per step; engine.train adds its metrics, console lines,
-checkpoints and progress. Reported: tokens/s of each (median over rounds) and their ratio.
+PATH is a checkout of karpathy/nanoGPT (or a bare git directory of it, which is exported to a
+temporary folder); nothing of nanoGPT lives in this repository. Its README's CPU command trains
+the Shakespeare-char shape (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW, no
+dropout); engine.train trains the same shape, batch and optimizer from bench/shakespeare_char.toml
+on the same text. Both run as the commands a user types, in rounds that alternate which goes
+first, so load from anything else on the machine falls on both alike.
+
+Each side's speed is its median time per optimizer step, steps after the first WARMUP: medians
+leave out the steps that evaluate or save, on both sides. nanoGPT prints every step's time;
+engine.train's metrics.jsonl gives the mean step time of each 10-step window. Reported:
+tokens/s of each (median over rounds) and the ratio. Extra engine configurations can be timed in
+the same rounds with --variant (e.g. --variant eager=--train.compile=false). --tiny also times
+the Tiny preset's first steps (engine only: it has no nanoGPT counterpart).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import io
+import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from engine import data, metrics  # noqa: E402
-from engine.contract import config, sizing  # noqa: E402
-from engine.contract import events as p  # noqa: E402
-from engine.model import GPT  # noqa: E402
-from engine.schedule import lr_at  # noqa: E402
-from engine.train import train  # noqa: E402
-
-WARMUP = 20  # steps left out of both timings: the allocator and kernels warm up
-
-
-def plain_loop(cfg: config.Config, prepared: data.Prepared, steps: int) -> float:
-    """tokens/s of the reference: batch, forward, backward, clip, step. Nothing else."""
-    torch.manual_seed(cfg.train.seed)
-    model = GPT(sizing.resolve_model(cfg, prepared.tokenizer.vocab_size))
-    t = cfg.train
-    opt = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
-    loader = data.ShardLoader(prepared.dataset, "train", batch_size=t.batch_size,
-                              block_size=cfg.model.block_size, seed=t.seed)  # fmt: skip
-    for step in range(steps):
-        if step == WARMUP:
-            start = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, t)
-        x, y = loader.next()
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    loss.item()
-    elapsed = time.perf_counter() - start
-    loader.close()
-    return (steps - WARMUP) * t.batch_size * cfg.model.block_size / elapsed
+WARMUP = 20  # steps left out of both timings: the allocator, kernels and compilation warm up
+BATCH, CONTEXT = 12, 64
+README_CPU_COMMAND = [
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+]
+# what happens outside the timed steps, cut to nanoGPT's measure: 20 evaluation batches
+UNTIMED = ["--train.eval_steps=20", "--train.sample_tokens=50"]
+ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
 
-class Clock:
-    """A console sink that notes when each logged step ended, to time steady-state steps."""
-
-    def __init__(self) -> None:
-        self.console = metrics.PlainConsole(stream=io.StringIO())
-        self.steps: list[tuple[int, float]] = []
-
-    def write(self, event: p.Event) -> None:
-        self.console.write(event)
-        if isinstance(event, p.Step):
-            self.steps.append((event.step, time.perf_counter()))
-
-    def close(self) -> None:
-        pass
+def nanogpt_checkout(path: Path, into: Path) -> Path:
+    """A working copy of nanoGPT with the Shakespeare-char data prepared from `data`."""
+    if (path / "train.py").is_file():
+        shutil.copytree(path, into, ignore=shutil.ignore_patterns(".git", "out*"))
+    else:  # a bare repository, as the fetch tool leaves it
+        into.mkdir(parents=True)
+        archive = subprocess.run(["git", f"--git-dir={path}", "archive", "HEAD"],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    if not (into / "train.py").is_file():
+        raise SystemExit(f"--nanogpt {path}: no nanoGPT checkout (train.py) there")
+    return into
 
 
-def engine_loop(cfg: config.Config, steps: int, out: Path) -> float:
-    """tokens/s of engine.train after WARMUP steps, every extra included: a log line and a
-    metrics.jsonl record every 10 steps, periodic checkpoints, the progress console."""
-    cfg = copy.deepcopy(cfg)
-    cfg.out_dir, cfg.train.max_steps = str(out), steps
-    cfg.train.eval_interval = cfg.train.sample_interval = steps
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
-    cfg.checkpoint.interval = max(1, steps // 3)
-    cfg.log.interval = 10
-    clock = Clock()
-    train(cfg, console=clock)
-    (s0, t0), (s1, t1) = next(s for s in clock.steps if s[0] >= WARMUP), clock.steps[-1]
-    return (s1 - s0) * cfg.train.batch_size * cfg.model.block_size / (t1 - t0)
+def prepare_nanogpt(repo: Path, data: Path) -> None:
+    folder = repo / "data/shakespeare_char"
+    shutil.copy(data, folder / "input.txt")  # prepare.py downloads only when this is missing
+    subprocess.run([sys.executable, "prepare.py"], cwd=folder, check=True, capture_output=True)
+
+
+def run_nanogpt(repo: Path, steps: int, out: Path) -> float:
+    """Median ms per step of nanoGPT's README CPU command, cut to `steps`."""
+    cmd = [sys.executable, "train.py", *README_CPU_COMMAND, f"--max_iters={steps}",
+           f"--lr_decay_iters={steps}", f"--out_dir={out}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"nanoGPT failed:\n{done.stderr[-2000:]}")
+    times = [
+        float(m.group(2))
+        for line in done.stdout.splitlines()
+        if (m := ITER_LINE.match(line)) and int(m.group(1)) >= WARMUP
+    ]
+    return statistics.median(times)
+
+
+def run_engine(config: Path, overrides: list[str], steps: int, out: Path) -> tuple[float, str]:
+    """Median ms per step of `python -m engine.train`, from its metrics.jsonl; and the log line
+    that says which precision it chose."""
+    cmd = [sys.executable, "-m", "engine.train", str(config), f"--out_dir={out}",
+           "--name=bench", f"--train.max_steps={steps}", "--log.interval=10",
+           f"--train.warmup_steps={min(100, steps)}", *UNTIMED, *overrides]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"engine.train failed:\n{done.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out / "bench/metrics.jsonl").open()]
+    steps = [r for r in records if r.get("type") == "step"]
+    times = [r["step_ms"] for r in steps if r["step"] > WARMUP] or [steps[-1]["step_ms"]]
+    said = next((r["message"] for r in records if "precision" in r.get("message", "")), "")
+    return statistics.median(times), said
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--nanogpt", required=True, type=Path, help="a karpathy/nanoGPT checkout")
+    parser.add_argument("--data", type=Path, required=True, help="tinyshakespeare.txt")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="another engine configuration, comma-separated overrides")  # fmt: skip
+    parser.add_argument("--tiny", action="store_true", help="also time the Tiny preset")
     args = parser.parse_args()
-    cfg = config.load(ROOT / "bench/shakespeare_char.toml", [f"--data.source={args.data}"])
-    torch.set_num_threads(torch.get_num_threads())
+    if not args.data.is_file():
+        raise SystemExit(f"--data {args.data}: no such file")
+    config = ROOT / "bench/shakespeare_char.toml"
+    data = [f"--data.source={args.data.resolve()}"]
+    engines = {"engine.train": data}
+    for v in args.variant:
+        name, _, overrides = v.partition("=")
+        engines[name] = data + [o for o in overrides.split(",") if o]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.data.cache_dir = str(Path(tmp) / "cache")
-        prepared = data.prepare(cfg)
-        plain, eng = [], []
+        tmp = Path(tmp)
+        repo = nanogpt_checkout(args.nanogpt.resolve(), tmp / "nanoGPT")
+        prepare_nanogpt(repo, args.data)
+        said: list[str] = []
+
+        def engine(out: Path, overrides: list[str], config: Path = config) -> float:
+            ms, line = run_engine(config, overrides, args.steps, out)
+            said.append(line)
+            return ms
+
+        runs = {name: (lambda o, ov=ov: engine(o, ov)) for name, ov in engines.items()}
+        runs["nanoGPT"] = lambda o: run_nanogpt(repo, args.steps, o)
+        if args.tiny:
+            tiny = ROOT / "presets/tiny.toml"
+            runs["tiny preset"] = lambda o: engine(o, [], tiny)
+        ms: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
         for r in range(args.rounds):
-            # alternate which goes first, so neither always runs on a warmer machine
-            if r % 2 == 0:
-                plain.append(plain_loop(cfg, prepared, args.steps))
-            eng.append(engine_loop(cfg, args.steps, Path(tmp) / f"runs{r}"))
-            if r % 2 == 1:
-                plain.append(plain_loop(cfg, prepared, args.steps))
-            print(f"round {r + 1}: plain {plain[-1]:,.0f} tok/s, engine.train {eng[-1]:,.0f} tok/s")
-    ratio = statistics.median(eng) / statistics.median(plain)
-    print(f"median: plain {statistics.median(plain):,.0f} tok/s, "
-          f"engine.train {statistics.median(eng):,.0f} tok/s, ratio {ratio:.3f}")  # fmt: skip
+            order = names[r % len(names) :] + names[: r % len(names)]  # each goes first in turn
+            for name in order:
+                ms[name].append(runs[name](tmp / f"{name}-{r}".replace(" ", "_")))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {ms[n][-1]:.1f} ms" for n in names),
+                  flush=True)  # fmt: skip
+    print(said[0] or "engine.train did not say which precision it chose")
+    ref = statistics.median(ms["nanoGPT"])
+    print(f"\nmedian over {args.rounds} rounds, {args.steps} steps each (first {WARMUP} left out):")
+    for name in names:
+        m = statistics.median(ms[name])
+        tokens = BATCH * CONTEXT if name != "tiny preset" else None
+        rate = f"{tokens / m * 1e3:9,.0f} tok/s" if tokens else f"{m:7.1f} ms/step"
+        ratio = f"  {ref / m:.2f}x nanoGPT" if tokens else ""
+        print(f"  {name:16s} {m:7.1f} ms/step {rate}{ratio}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import precision
 from engine.contract.config import auto_device
 from engine.contract.errors import UsageError
 
@@ -34,6 +35,7 @@ PEAK_FLOPS = {
 class Runtime:
     device: torch.device
     dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+    why: str = ""  # how dtype = "auto" chose, for the start of the run's log
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -71,8 +73,14 @@ def auto() -> str:
     return auto_device(torch.cuda.is_available(), mps_available())
 
 
-def pick(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """Resolve train.device and train.dtype against what this machine has."""
+def pick(
+    device: str = "auto", dtype: str = "auto", calibrate: precision.Calibration | None = None
+) -> Runtime:
+    """Resolve train.device and train.dtype against what this machine has.
+
+    On a CPU, `auto` asks engine.precision, which reads the matrix units and, where they exist,
+    runs `calibrate` (a timing at the model's shapes) to decide.
+    """
     if device == "auto":
         device = auto()
     dev = torch.device(device)
@@ -84,13 +92,16 @@ def pick(device: str = "auto", dtype: str = "auto") -> Runtime:
         )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"train.device = {device!r}, but Apple MPS is not available here")
+    why = ""
     if dtype == "auto":
-        # CPUs without bf16 matrix units run a bf16 matmul ~100x slower than fp32: never default
         if dev.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif dev.type == "cpu":
+            choice = precision.for_training(precision.cpu_features(), calibrate)
+            dtype, why = choice.dtype, choice.line("training")
         else:
             dtype = "float32"
-    return Runtime(dev, getattr(torch, dtype))
+    return Runtime(dev, getattr(torch, dtype), why)
 
 
 def configure_cuda() -> None:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from engine.contract.config import ModelConfig
-from engine.contract.sizing import flops_per_token
+from engine.contract.sizing import flops_per_token, loss_chunk_rows
+from engine.loss import linear_cross_entropy
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -224,6 +225,9 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets (-1 ignored), the mean cross-entropy.
 
+        Logits too large to hold at once (see engine.loss) are never built whole: the loss is
+        computed in chunks, and the logits returned are None.
+
         With a cache, `idx` continues the sequence the cache holds. `last_only` keeps just the
         final position's logits, which is all sampling needs. `pad` (B,) counts each row's
         left-padding tokens: nothing attends to them and positions start after them, so prompts
@@ -265,6 +269,12 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
+        if targets is not None:
+            tokens, vocab = x.size(0) * x.size(1), self.lm_head.weight.size(0)
+            rows = loss_chunk_rows(tokens, vocab)
+            if rows < tokens:  # the full logits would be too large to hold: no logits returned
+                h = x.reshape(tokens, -1)
+                return None, linear_cross_entropy(h, self.lm_head.weight, targets.view(-1), rows)
         logits = self.lm_head(x)
         if targets is None:
             return logits, None
@@ -308,7 +318,9 @@ class GPT(nn.Module):
     ) -> torch.optim.AdamW:
         """AdamW that decays matrices only: shrinking norm gains and biases to zero only hurts.
 
-        `fused` (one kernel for all parameters) defaults to on when the weights are on CUDA.
+        `fused` (one kernel for all parameters) defaults to on for plain tensors on CUDA or a
+        CPU: on a small model the per-tensor loop of the default path is a tenth of a step.
+        Sharded (DTensor) weights keep the default path.
         """
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
@@ -316,5 +328,7 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         if fused is None:
-            fused = self.wte.weight.is_cuda
+            fused = all(
+                type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params
+            )
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)

@@ -390,11 +390,56 @@ def test_the_decoding_layout_keeps_shapes_and_outputs():
 
 def test_cli_uses_the_decoding_layout_only_for_a_single_row(run_dir, capsys, tmp_path, monkeypatch):
     used = []
-    monkeypatch.setattr(generate_cli, "decoding_layout", lambda model: used.append(model) or model)
-    cli([run_dir, "--prompt", "The cat", "--max-tokens", 2], capsys)
+    monkeypatch.setattr(generate, "decoding_layout", lambda model: used.append(model) or model)
+    fp32 = ["--dtype", "float32", "--max-tokens", 2]
+    cli([run_dir, "--prompt", "The cat", *fp32], capsys)
     assert len(used) == 1
     prompts = tmp_path / "two.txt"
     prompts.write_text("The cat\nsat\n", encoding="utf-8")
-    cli([run_dir, "--prompts-file", prompts, "--max-tokens", 2], capsys)
-    cli([run_dir, "--prompt", "The cat", "--num-samples", 3, "--max-tokens", 2], capsys)
+    cli([run_dir, "--prompts-file", prompts, *fp32], capsys)
+    cli([run_dir, "--prompt", "The cat", "--num-samples", 3, *fp32], capsys)
     assert len(used) == 1
+
+
+def greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
+    s = Sampling(max_tokens=steps, temperature=0)
+    return [int(t) for t in decode(model, [prompt], s)]
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
+def test_smaller_weights_keep_the_greedy_tokens_of_a_decisive_model(fmt):
+    """bf16 and int8 weights round every logit a little: the tokens a model clearly prefers
+    stay the same (the tolerance bench/bench_generate.py measures at GPT-2's size)."""
+    reference = build()
+    prompt = [int(t) for t in torch.randint(0, LEARNED.vocab_size, (6,))]
+    small = build()
+    dtype, quant = ("auto", fmt) if fmt == "int8" else (fmt, "none")
+    assert fmt in generate.for_sampling(small, 1, dtype=dtype, quant=quant)
+    assert small.wte.weight.dtype == torch.bfloat16
+    assert greedy(small, prompt, 12) == greedy(reference, prompt, 12)
+
+
+def test_dynamic_int8_keeps_logits_close():
+    reference, small = build(), build()
+    generate.for_sampling(small, 1, quant="int8-dynamic")
+    assert any("quantized" in type(m).__module__ for m in small.modules())
+    x = torch.randint(0, LEARNED.vocab_size, (2, 10))
+    with torch.no_grad():
+        want, got = reference(x)[0], small(x)[0]
+    assert ((got - want).norm() / want.norm()).item() < 0.15
+
+
+def test_cli_quantizes_on_request_and_says_so(run_dir, capsys):
+    code, out, err = cli(
+        [run_dir, "--prompt", "The cat", "--max-tokens", 4, "--quantize", "int8"], capsys
+    )
+    assert code == 0
+    assert "weights: int8" in err
+    assert out.startswith("The cat")
+
+
+def test_quantize_refuses_an_unknown_format():
+    from engine.quantize import quantize
+
+    with pytest.raises(UsageError, match="int8"):
+        quantize(build(), "int4")

@@ -170,7 +170,10 @@ def activation_bytes(model: ModelConfig, vocab: int, batch_size: int, half: bool
     output, and the MLP's hidden activations (before and after GELU; gate, up, SiLU and product
     for SwiGLU). RMSNorm also keeps its normalised input. At the loss, the fp32 log-softmax is
     kept, and backward briefly holds two fp32 gradients of the same size beside it: for a
-    vocabulary much wider than the model, that moment is the peak, so it is counted.
+    vocabulary much wider than the model, that moment is the peak, so it is counted. Logits too
+    large for one chunk (`loss_chunk_rows`) are computed a chunk at a time with their gradients
+    (engine.loss): then one chunk's logits, softmax and gradient are alive at once, and the fp32
+    gradients of the output layer's input and matrix are kept until backward.
     """
     m = model
     a = 2 if half else 4
@@ -187,7 +190,21 @@ def activation_bytes(model: ModelConfig, vocab: int, batch_size: int, half: bool
     # with activation checkpointing each block keeps only its input, and one is rebuilt at a time
     kept = m.n_layer * d * 4 + per_layer if m.activation_checkpointing else m.n_layer * per_layer
     ends = d * 4 + d * a + 16  # final norm input, output projection input, int64 ids and targets
-    return float(tokens * (kept + ends) + tokens * vocab * 12)
+    rows = loss_chunk_rows(tokens, vocab)
+    if rows < tokens:
+        head = rows * vocab * 12 + tokens * d * 4 + vocab * d * 4
+    else:
+        head = tokens * vocab * 12
+    return float(tokens * (kept + ends) + head)
+
+
+LOSS_CHUNK_ELEMENTS = 1 << 25  # fp32 logits one loss chunk may hold: 128 MiB
+
+
+def loss_chunk_rows(tokens: int, vocab: int) -> int:
+    """Rows of logits engine.loss computes at a time: all of them while they fit in one chunk,
+    else as many as do (at least one). Shared by the model and the memory estimate."""
+    return max(1, min(tokens, LOSS_CHUNK_ELEMENTS // max(vocab, 1)))
 
 
 USABLE_FRACTION = 0.9  # of a GPU's memory: the CUDA context, NCCL and fragmentation take the rest

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import precision
 from engine.contract.errors import UsageError
 from engine.contract.sampling import Sampling
 from engine.model import GPT
+from engine.quantize import quantize
 from engine.tokenizer import Tokenizer
 
 # Past the context the window slides: the oldest quarter is dropped and the cache rebuilt from
@@ -136,6 +138,35 @@ def decode(
             logits = model(seq[:, start:end], cache=cache, last_only=True, pad=row_pad)[0]
     finally:
         model.train(was_training)
+
+
+def for_sampling(model: GPT, rows: int, dtype: str = "auto", quant: str = "none") -> str:
+    """Put `model`'s weights, in place, in the format that decodes `rows` rows fastest here;
+    returns the line that says which and why.
+
+    Decoding is bound by streaming the weights, so fewer bytes per weight is faster where the
+    arithmetic keeps up: int8 when asked for, else bf16 or fp32 as `dtype` says or, for auto,
+    as engine.precision finds on this machine.
+    """
+    device = next(model.parameters()).device
+    if quant != "none":
+        quantize(model, quant)
+        return f"weights: {quant} (--quantize {quant})"
+    why = f"--dtype {dtype}"
+    if dtype == "auto" and device.type == "cpu":
+        weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+        choice = precision.for_generation(
+            precision.cpu_features(), precision.generation_calibration(model, rows), weight_bytes
+        )
+        dtype, why = choice.dtype, choice.reason
+    elif dtype == "auto":
+        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype, why = ("bfloat16", "a GPU with bf16") if supported else ("float32", device.type)
+    if dtype == "bfloat16":
+        model.to(torch.bfloat16)
+    elif device.type == "cpu" and rows == 1:
+        decoding_layout(model)
+    return f"weights: {dtype} ({why})"
 
 
 def decoding_layout(model: GPT) -> GPT:

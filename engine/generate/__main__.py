@@ -16,8 +16,9 @@ from engine import chat, checkpoint
 from engine.contract.errors import UsageError, cli_entry
 from engine.contract.sampling import Sampling
 from engine.device import auto
-from engine.generate import Stream, decoding_layout
+from engine.generate import Stream, for_sampling
 from engine.model import GPT
+from engine.quantize import KINDS
 from engine.tokenizer import Tokenizer, from_spec
 
 
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="for repeatable samples (default: random)")
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+        help="weights' precision; auto: what this machine decodes fastest (measured on a CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quantize", default="none", choices=KINDS,
+        help="int8: int8 weights, bf16 activations; int8-dynamic: int8 both (CPU only)",
+    )  # fmt: skip
     return parser
 
 
@@ -155,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoint.load_weights(args.source)
     model = checkpoint.build_model(state, device)
     rows = 1 if prompts is None else min(len(prompts) * args.num_samples, args.batch_size)
-    if device.type == "cpu" and rows == 1:
-        decoding_layout(model)
+    print(for_sampling(model, rows, args.dtype, args.quantize), file=sys.stderr)
     tokenizer = from_spec(state["tokenizer"])
     if args.serve:
         session = chat.ChatSession(model, tokenizer)

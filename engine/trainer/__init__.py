@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, data, device, distributed, metrics, remote
+from engine import checkpoint, data, device, distributed, metrics, precision, remote
 from engine.contract import config, sizing
 from engine.contract import events as p
 from engine.contract.config import Config
@@ -53,7 +53,9 @@ def train(
     `report_to` is the studio's address: events go there too, and its commands are obeyed.
     """
     metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
-    with distributed.start(device.pick(cfg.train.device, cfg.train.dtype)) as group:
+    calibrate = precision.training_calibration(cfg.model, cfg.train.batch_size)
+    runtime = device.pick(cfg.train.device, cfg.train.dtype, calibrate)
+    with distributed.start(runtime) as group:
         main = group.is_main  # only rank 0 talks to the studio and the console
         link = remote.connect(report_to) if report_to and main else None
         if console is None and not quiet and main:
@@ -226,6 +228,8 @@ class Trainer:
             max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
             resumed_from=self.progress.step,
         ))  # fmt: skip
+        if self.runtime.why:
+            self.reporter.emit(p.Log(self.runtime.why))
         for note in self.notes:
             self.reporter.emit(p.Log(note, level="warning"))
         if self.endpoint is not None:

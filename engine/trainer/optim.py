@@ -47,7 +47,7 @@ class ModelAndOptimizer:
             loss_sum += loss.detach() / grad_accum
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), grad_clip if grad_clip > 0 else math.inf
+            self.model.parameters(), grad_clip if grad_clip > 0 else math.inf, foreach=True
         )
         self.scaler.step(self.optimizer)
         self.scaler.update()
