@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint, hf
+from engine.chat_template import END, JINJA, SPECIALS, ChatTokenizer
 from engine.config import ModelConfig
 from engine.errors import UsageError, cli_entry
 from engine.tokenizer import EOT, BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
@@ -139,6 +140,8 @@ def write_model(
 
 def tokenizer_json(tokenizer: Tokenizer) -> str:
     """Our tokenizer as a Hugging Face tokenizers JSON that encodes and decodes the same ids."""
+    if isinstance(tokenizer, ChatTokenizer):
+        return _chat_json(tokenizer)
     if isinstance(tokenizer, BPETokenizer):
         return tokenizer.spec()["json"]
     if isinstance(tokenizer, CharTokenizer):
@@ -146,6 +149,20 @@ def tokenizer_json(tokenizer: Tokenizer) -> str:
     if isinstance(tokenizer, TiktokenTokenizer):
         return _tiktoken_json(tokenizer)
     raise UsageError(f"cannot export a {type(tokenizer).__name__}; no Hugging Face form is known")
+
+
+def _chat_json(tokenizer: ChatTokenizer) -> str:
+    """The base tokenizer's JSON with the chat tags as added special tokens, at our ids."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_str(tokenizer_json(tokenizer.base))
+    if tok.get_vocab_size(with_added_tokens=True) != tokenizer.base.vocab_size:  # our bug
+        raise UsageError("cannot export: the base tokenizer's ids are not dense")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    for text, i in tokenizer.special_ids.items():
+        assert tok.token_to_id(text) == i, "chat tokens must keep their ids"
+    return tok.to_str()
 
 
 def _char_json(tokenizer: CharTokenizer) -> str:
@@ -215,14 +232,26 @@ _BYTE_CHARS = {b: chr(b) for b in _PRINTABLE} | {
 }
 
 
-def tokenizer_config(block_size: int) -> dict[str, Any]:
-    return {
+def tokenizer_config(block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """tokenizer_config.json; a chat tokenizer also brings its template, and ends a turn
+    (generation's eos) at `<|end|>`."""
+    out = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": EOT,
         "eos_token": EOT,
         "model_max_length": block_size,
         "clean_up_tokenization_spaces": False,
     }
+    if isinstance(tokenizer, ChatTokenizer):
+        out |= {"chat_template": JINJA, "eos_token": END, "pad_token": EOT}
+    return out
+
+
+def write_tokenizer(out_dir: Path, tokenizer: Tokenizer, block_size: int) -> None:
+    """tokenizer.json and tokenizer_config.json: what `AutoTokenizer.from_pretrained` reads."""
+    (out_dir / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
+    config = json.dumps(tokenizer_config(block_size, tokenizer), indent=2)
+    (out_dir / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,12 +275,10 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
             f"{source}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
             f"{cfg.vocab_size}"
         )
-    token_json = tokenizer_json(tokenizer)
+    tokenizer_json(tokenizer)  # refuse before writing anything
     out.mkdir(parents=True, exist_ok=True)
     fmt = write_model(out, cfg, state["model"], tokenizer.vocab_size, tokenizer.eot_id)
-    (out / "tokenizer.json").write_text(token_json, encoding="utf-8")
-    config = json.dumps(tokenizer_config(cfg.block_size), indent=2)
-    (out / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
+    write_tokenizer(out, tokenizer, cfg.block_size)
     return fmt
 
 

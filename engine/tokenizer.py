@@ -352,17 +352,24 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
             )
         return value
 
+    base: Tokenizer
     if kind == "tiktoken":
-        return TiktokenTokenizer(field("name", str))
-    if kind == "char":
-        return CharTokenizer(field("chars", list))
-    from tokenizers import Tokenizer as HFTokenizer
+        base = TiktokenTokenizer(field("name", str))
+    elif kind == "char":
+        base = CharTokenizer(field("chars", list))
+    else:
+        from tokenizers import Tokenizer as HFTokenizer
 
-    try:
-        tok = HFTokenizer.from_str(field("json", str))
-    except Exception as err:  # tokenizers raises a bare Exception for any parse failure
-        raise UsageError(f"tokenizer spec: 'json' is not a tokenizers JSON: {err}") from err
-    return BPETokenizer(tok)
+        try:
+            tok = HFTokenizer.from_str(field("json", str))
+        except Exception as err:  # tokenizers raises a bare Exception for any parse failure
+            raise UsageError(f"tokenizer spec: 'json' is not a tokenizers JSON: {err}") from err
+        base = BPETokenizer(tok)
+    if "chat" not in spec:
+        return base
+    from engine import chat_template  # it builds on this module
+
+    return chat_template.from_spec_chat(base, spec["chat"])
 
 
 def build_tokenizer(
