@@ -92,6 +92,7 @@ class TokenizerConfig:
 class DataConfig:
     source: str = "builtin:prose"
     text_column: str = "text"  # jsonl field / parquet column
+    format: str = "auto"  # auto | text | chat (conversations: loss on the assistant's tokens)
     include: str = "*.txt"  # glob for files under a directory source
     val_fraction: float = 0.01
     streaming: bool = False  # tokenize on the fly instead of preparing shards first
@@ -170,6 +171,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.mlp": ("gelu", "swiglu"),
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
+    "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
     "train.parallel": ("ddp", "fsdp"),

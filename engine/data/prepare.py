@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import protocol as p
+from engine.chat_template import with_chat
 from engine.data import shards, sources, tokens
 from engine.errors import UsageError
 from engine.tokenizer import Tokenizer, from_spec
@@ -73,6 +74,8 @@ def prepare(
     source = sources.resolve(cfg.data)
     if tokenizer is None:
         tokenizer = tokens.build_tokenizer_for(cfg, source, log=lambda text: emit(p.Log(text)))
+    elif source.chat:  # a base model's tokenizer, fine-tuned on conversations
+        tokenizer = with_chat(tokenizer)
     folder = dataset_dir(cfg, source, tokenizer)
     if not force and (found := shards.Dataset.open(folder)) is not None:
         emit(p.Log(f"using prepared data in {folder} ({_counts(found.manifest)})"))
@@ -104,6 +107,7 @@ def _write(
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     writers = {split: shards.ShardWriter(tmp, split, typecode) for split in shards.SPLITS}
+    masks = {s: shards.ShardWriter(tmp, s, "B", shards.MASK) for s in shards.SPLITS if source.chat}
     stats: dict[str, int] = {}
     done = n_tokens = 0
     workers = _worker_count(cfg.data.num_workers, len(units))
@@ -112,12 +116,16 @@ def _write(
         for result in _encode_all(tokenizer, units, cfg.data.val_fraction, typecode, workers):
             writers["train"].write(result.train)
             writers["val"].write(result.val)
+            if masks:
+                assert result.train_mask is not None and result.val_mask is not None
+                masks["train"].write(result.train_mask)
+                masks["val"].write(result.val_mask)
             for k, v in result.stats.items():
                 stats[k] = stats.get(k, 0) + v
             done += result.stats["bytes"]
             n_tokens += len(result.train) + len(result.val)
             emit(p.Progress(task="prepare", done=done, total=total, unit="B", tokens=n_tokens))
-        for writer in writers.values():
+        for writer in (*writers.values(), *masks.values()):
             writer.close()
         if not writers["train"].tokens and not writers["val"].tokens:
             raise UsageError(
@@ -134,6 +142,7 @@ def _write(
             "eot_id": tokenizer.eot_id,
             "dtype": shards.DTYPES[typecode],
             "val_fraction": cfg.data.val_fraction,
+            "chat": source.chat,
             "bytes": stats.get("bytes", 0),
             "replaced_bytes": stats.get("replaced_bytes", 0),
             "empty_records": stats.get("empty", 0),
@@ -143,6 +152,7 @@ def _write(
                     "documents": stats.get(f"{split}_documents", 0),
                     "pieces": stats.get(f"{split}_pieces", 0),
                     "shards": writers[split].shards,
+                    **({"masks": masks[split].shards} if masks else {}),
                 }
                 for split in shards.SPLITS
             },
@@ -155,7 +165,7 @@ def _write(
             shutil.rmtree(folder)
         shards.publish(tmp, folder)
     finally:
-        for writer in writers.values():
+        for writer in (*writers.values(), *masks.values()):
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
     if manifest["replaced_bytes"]:
