@@ -18,6 +18,7 @@ and to stop, not to write the user's turns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,19 @@ class ChatTokenizer(Tokenizer):
     def _encode_ordinary(self, text: str) -> list[int]:
         return self.base._encode_ordinary(text)
 
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """As the base tokenizer; `allow_special` also turns the chat tags into their ids, so
+        a rendered conversation (`render`) encodes to the template's ids."""
+        if not allow_special:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for part in _SPLIT.split(text):
+            if part in self.special_ids:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids.extend(self.base.encode(part, allow_special=True))
+        return ids
+
     def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
         return self.base.encode_batch(texts, num_threads)
 
@@ -82,6 +96,16 @@ class ChatTokenizer(Tokenizer):
 
     def token_bytes(self) -> list[int]:
         return self.base.token_bytes() + [0] * len(SPECIALS)
+
+
+_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
+
+
+def render(messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The template as text, what `JINJA` renders: `encode(..., allow_special=True)` of it
+    gives `encode_chat`'s ids when no content spells a tag."""
+    text = "".join(f"<|{m['role']}|>{m['content']}{END}" for m in messages)
+    return text + ("<|assistant|>" if add_generation_prompt else "")
 
 
 def is_chat(tokenizer: Tokenizer) -> bool:

@@ -24,6 +24,7 @@ import torch
 
 from engine import checkpoint, config, data, device, distributed, metrics, remote
 from engine import protocol as p
+from engine.chat_template import END, is_chat, render
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
 from engine.generate import generate
@@ -98,9 +99,14 @@ class Run:
         model = self.parallel.sampling_model()
         if model is None:
             return
+        chat = is_chat(self.tokenizer)
         for prompt in prompts:
+            # a chat model is asked as a user and answers as the assistant, up to <|end|>
+            context = render([{"role": "user", "content": prompt}], True) if chat else prompt
+            if chat:
+                settings["stop"] = (END, self.tokenizer.EOT)
             with self.runtime.autocast:
-                text = generate(model, self.tokenizer, prompt, max_tokens, **settings)
+                text = generate(model, self.tokenizer, context, max_tokens, **settings)
             self.reporter.emit(
                 p.Sample(step=self.state.step, prompt=prompt, text=text, id=request_id)
             )
@@ -179,6 +185,13 @@ def build(
             notes.append(f"model shape from {cfg.train.init_from}, not the config: {differ}")
         model_cfg.dropout = cfg.model.dropout
         model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
+        if tokenizer.vocab_size > model_cfg.vocab_size:  # the chat tokens need rows
+            before = model_cfg.vocab_size
+            _grow_vocab(source["model"], model_cfg, config.padded_vocab(tokenizer.vocab_size))
+            notes.append(
+                f"embedding grown from {before} to {model_cfg.vocab_size} rows for the "
+                "tokenizer's chat tokens"
+            )
     else:
         model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
@@ -528,6 +541,19 @@ def _model_differences(cfg: Config, saved: config.ModelConfig) -> str:
         for k, v in theirs.items()
         if k not in ("vocab_size", "dropout", "activation_checkpointing") and mine[k] != v
     )
+
+
+def _grow_vocab(weights: dict[str, torch.Tensor], model_cfg: config.ModelConfig, rows: int) -> None:
+    """More embedding (and output) rows for ids the base model never had, such as the chat
+    tokens: each starts as the mean of the trained rows, a token like an average one."""
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in weights:
+            old = weights[name]
+            extra = old.mean(0, keepdim=True).expand(rows - old.size(0), -1)
+            weights[name] = torch.cat([old, extra])
+    if model_cfg.tie_embeddings:
+        weights["lm_head.weight"] = weights["wte.weight"]
+    model_cfg.vocab_size = rows
 
 
 def _check_prompts(cfg: Config, tokenizer: Tokenizer) -> None:

@@ -168,6 +168,9 @@ def _write(
         for writer in (*writers.values(), *masks.values()):
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    if stats.get("skipped"):
+        emit(p.Log(f"{stats['skipped']:,} conversations hold text the tokenizer cannot encode "
+                   "and were left out", level="warning"))  # fmt: skip
     if manifest["replaced_bytes"]:
         emit(p.Log(f"{manifest['replaced_bytes']:,} bytes were not UTF-8 and became U+FFFD",
                    level="warning"))  # fmt: skip

@@ -173,7 +173,11 @@ def encode_chat_unit(tokenizer: Tokenizer, unit: sources.Unit, val_fraction: flo
         stats["bytes"] += piece.size
         assert piece.messages is not None, "a chat unit yields conversations"
         is_val = piece.key < below
-        enc = encode_chat(tokenizer, piece.messages)
+        try:
+            enc = encode_chat(tokenizer, piece.messages)
+        except UsageError:  # a character a char vocabulary lacks: skipped, and counted
+            stats["skipped"] = stats.get("skipped", 0) + 1
+            continue
         out[is_val].extend(enc.ids)
         out[is_val].append(tokenizer.eot_id)
         mask = [TRAINED if t else 0 for t in enc.trained] + [0]
