@@ -127,6 +127,19 @@ class TrainConfig:
     init_from: str = ""  # a checkpoint to start from (fine-tuning)
 
 
+LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen train.init_from model; rank 0 fine-tunes every weight."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+
+
 @dataclass
 class CheckpointConfig:
     interval: int = 1000
@@ -153,6 +166,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -185,9 +199,14 @@ POSITIVE = {
 NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
-    "data.num_workers",
+    "data.num_workers", "lora.rank", "lora.alpha",
 }  # fmt: skip
-FRACTIONS = {"model.dropout", "data.val_fraction", "train.decay_fraction"}  # in [0, 1)
+FRACTIONS = {
+    "model.dropout",
+    "data.val_fraction",
+    "train.decay_fraction",
+    "lora.dropout",
+}  # in [0, 1)
 BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
 
 
@@ -410,6 +429,11 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
                 yield where, value, "must be at least 0 and below 1"
 
     m, t, tok = cfg.model, cfg.train, cfg.tokenizer
+    bad = [x for x in cfg.lora.targets if x not in LORA_TARGETS]
+    if bad or not cfg.lora.targets:
+        yield "lora.targets", cfg.lora.targets, f"must name some of {', '.join(LORA_TARGETS)}"
+    if cfg.lora.rank and not t.init_from:
+        yield "lora.rank", cfg.lora.rank, "needs train.init_from: LoRA adapts a trained model"
     if m.n_head > 0 and m.n_embd > 0:
         if m.n_embd % m.n_head:
             low = m.n_embd - m.n_embd % m.n_head

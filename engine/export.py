@@ -282,6 +282,29 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
     return fmt
 
 
+def export_adapter(source: str | Path, out_dir: str | Path, *, force: bool = False) -> None:
+    """A LoRA run's adapters alone in PEFT's layout, for the base exported from its init_from."""
+    from engine import lora
+
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"{out}: folder is not empty; choose another or pass --force")
+    path = checkpoint.resolve(source)
+    state = checkpoint.load(path)
+    if not isinstance(state.get("lora"), dict):
+        raise UsageError(f"{path}: not a LoRA run's checkpoint; export the whole model instead")
+    state["source"] = str(path)
+    cfg = checkpoint.model_config(state)
+    base = checkpoint.load_weights(state["lora"]["base"])
+    if checkpoint.model_config(base).vocab_size < cfg.vocab_size:
+        raise UsageError(
+            f"{path}: the run added tokens (the chat template) that its base lacks, so PEFT "
+            "adapters cannot carry them; export the merged model without --adapter"
+        )
+    layout(cfg)
+    lora.write_peft(out, cfg, state["model"], state["lora"])
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -293,7 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="write into a folder that already holds files"
     )
+    parser.add_argument(
+        "--adapter", action="store_true",
+        help="a LoRA run: write only its adapters, in PEFT's layout (adapter_config.json, "
+        "adapter_model.safetensors); without it the adapters are merged into the model",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.adapter:
+        export_adapter(args.source, args.out_dir, force=args.force)
+        print(f"exported LoRA adapters to {args.out_dir} (adapter_config.json, "
+              "adapter_model.safetensors)")  # fmt: skip
+        return 0
     fmt = export(args.source, args.out_dir, force=args.force)
     print(f"exported {FORMATS[fmt][0]} model to {args.out_dir} ({', '.join(FILES)})")
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
+from engine import checkpoint, config, data, device, distributed, lora, metrics, remote
 from engine import protocol as p
 from engine.chat_template import END, is_chat, render
 from engine.config import Config
@@ -73,6 +73,13 @@ class Run:
         them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes."""
         s = self.state
         model_state, optimizer_state = self.parallel.full_state(self.optimizer)
+        lora_settings = None
+        if self.cfg.lora.rank:  # only what trains, and where the frozen rest comes from
+            model_state = lora.adapter_state(model_state)
+            lora_settings = {
+                **config.to_dict(self.cfg)["lora"],
+                "base": checkpoint.base_reference(self.cfg.train.init_from),
+            }
         ranks = self.group.gather(
             {"loader": self.train_loader.state_dict(), "rng": rng_state(self.runtime.device)}
         )
@@ -84,6 +91,8 @@ class Run:
                 "config": config.to_dict(self.cfg), "tokenizer": self.tokenizer.spec(),
                 "world_size": self.group.world_size,
             }  # fmt: skip
+            if lora_settings is not None:
+                payload["lora"] = lora_settings
             if self.group.world_size > 1:
                 payload["ranks"] = ranks
             path, best = self.saver.save(payload, s.step, val_loss)
@@ -187,7 +196,7 @@ def build(
         model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
         if tokenizer.vocab_size > model_cfg.vocab_size:  # the chat tokens need rows
             before = model_cfg.vocab_size
-            _grow_vocab(source["model"], model_cfg, config.padded_vocab(tokenizer.vocab_size))
+            model_cfg.vocab_size = config.padded_vocab(tokenizer.vocab_size)
             notes.append(
                 f"embedding grown from {before} to {model_cfg.vocab_size} rows for the "
                 "tokenizer's chat tokens"
@@ -198,8 +207,25 @@ def build(
     _check_prompts(cfg, tokenizer)
 
     model = GPT(model_cfg)  # on the CPU, the same on every rank; Parallel places it
-    if source:
-        model.load_state_dict(source["model"])
+    lora_cfg = cfg.lora
+    if lora_cfg.rank:  # a frozen base and adapters: the base always comes from init_from
+        weights = {k: v for k, v in base["model"].items() if ".lora_" not in k}
+        checkpoint.grow_vocab(weights, model_cfg.vocab_size, model_cfg.tie_embeddings)
+        model.load_state_dict(weights)
+        n = lora.apply(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets)
+        if restored:
+            model.load_state_dict(restored["model"], strict=False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        notes.append(
+            f"LoRA rank {lora_cfg.rank} on {n} layers: {trainable:,} of "
+            f"{model.num_params():,} parameters train"
+        )
+    elif source:
+        if restored and isinstance(restored.get("lora"), dict):
+            raise UsageError("the checkpoint is a LoRA run's; resume it with its [lora] settings")
+        weights = dict(source["model"])
+        checkpoint.grow_vocab(weights, model_cfg.vocab_size, model_cfg.tie_embeddings)
+        model.load_state_dict(weights)
     t = cfg.train
     group.seed(t.seed)
     parallel = distributed.Parallel(model, group, t.parallel)
@@ -541,19 +567,6 @@ def _model_differences(cfg: Config, saved: config.ModelConfig) -> str:
         for k, v in theirs.items()
         if k not in ("vocab_size", "dropout", "activation_checkpointing") and mine[k] != v
     )
-
-
-def _grow_vocab(weights: dict[str, torch.Tensor], model_cfg: config.ModelConfig, rows: int) -> None:
-    """More embedding (and output) rows for ids the base model never had, such as the chat
-    tokens: each starts as the mean of the trained rows, a token like an average one."""
-    for name in ("wte.weight", "lm_head.weight"):
-        if name in weights:
-            old = weights[name]
-            extra = old.mean(0, keepdim=True).expand(rows - old.size(0), -1)
-            weights[name] = torch.cat([old, extra])
-    if model_cfg.tie_embeddings:
-        weights["lm_head.weight"] = weights["wte.weight"]
-    model_cfg.vocab_size = rows
 
 
 def _check_prompts(cfg: Config, tokenizer: Tokenizer) -> None:
