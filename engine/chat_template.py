@@ -7,7 +7,7 @@ A conversation is a list of `{"role": "system"|"user"|"assistant", "content": st
 
 with the role tags and `<|end|>` as special tokens that ordinary text can never spell: they get
 the ids just past the base tokenizer's vocabulary, whatever its kind (tiktoken, trained BPE or
-characters). `ChatTokenizer` wraps any base tokenizer with them, and its spec (stored in every
+characters). `engine.tokenizer.ChatTokenizer` wraps any base tokenizer with them, and its spec (stored in every
 checkpoint) is the base spec plus a "chat" entry, so a chat-tuned checkpoint says so itself.
 
 `JINJA` renders the same text for transformers' `apply_chat_template`; the exported tokenizer
@@ -18,18 +18,14 @@ and to stop, not to write the user's turns.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import UsageError
-from engine.tokenizer import Tokenizer
+from engine.contract.errors import UsageError
+from engine.tokenizer import END, ROLES, SPECIALS, ChatTokenizer, Tokenizer
 
-VERSION = 1
-ROLES = ("system", "user", "assistant")
-END = "<|end|>"
-SPECIALS = (*tuple(f"<|{role}|>" for role in ROLES), END)
+__all__ = ["END", "JINJA", "ROLES", "SPECIALS", "ChatTokenizer", "encode_chat", "render"]
 
 JINJA = (
     "{% for message in messages %}"
@@ -39,66 +35,6 @@ JINJA = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-
-
-class ChatTokenizer(Tokenizer):
-    """A base tokenizer plus the chat template's special tokens at ids past its vocabulary."""
-
-    def __init__(self, base: Tokenizer) -> None:
-        if isinstance(base, ChatTokenizer):
-            base = base.base
-        self.base = base
-        self.eot_id = base.eot_id
-        self.special_ids = {tok: base.vocab_size + i for i, tok in enumerate(SPECIALS)}
-        self._special_text = {i: tok for tok, i in self.special_ids.items()}
-        self.end_id = self.special_ids[END]
-
-    def role_id(self, role: str) -> int:
-        return self.special_ids[f"<|{role}|>"]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size + len(SPECIALS)
-
-    def _encode_ordinary(self, text: str) -> list[int]:
-        return self.base._encode_ordinary(text)
-
-    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
-        """As the base tokenizer; `allow_special` also turns the chat tags into their ids, so
-        a rendered conversation (`render`) encodes to the template's ids."""
-        if not allow_special:
-            return self._encode_ordinary(text)
-        ids: list[int] = []
-        for part in _SPLIT.split(text):
-            if part in self.special_ids:
-                ids.append(self.special_ids[part])
-            elif part:
-                ids.extend(self.base.encode(part, allow_special=True))
-        return ids
-
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
-        return self.base.encode_batch(texts, num_threads)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        out, run = [], []
-        for i in ids:
-            if i in self._special_text:
-                out.append(self.base.decode(run))
-                out.append(self._special_text[i])
-                run = []
-            else:
-                run.append(i)
-        out.append(self.base.decode(run))
-        return "".join(out)
-
-    def spec(self) -> dict[str, Any]:
-        return {**self.base.spec(), "chat": {"version": VERSION, "tokens": list(SPECIALS)}}
-
-    def token_bytes(self) -> list[int]:
-        return self.base.token_bytes() + [0] * len(SPECIALS)
-
-
-_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
 
 
 def render(messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
@@ -115,16 +51,6 @@ def is_chat(tokenizer: Tokenizer) -> bool:
 def with_chat(tokenizer: Tokenizer) -> ChatTokenizer:
     """The tokenizer with the chat tokens added (unchanged if it has them)."""
     return tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
-
-
-def from_spec_chat(base: Tokenizer, chat: Any) -> ChatTokenizer:
-    """Rebuild the chat layer a spec's "chat" entry describes, refusing one we cannot read."""
-    if not isinstance(chat, dict) or chat.get("tokens") != list(SPECIALS):
-        raise UsageError(
-            f"tokenizer spec: its chat template {chat!r} is not one this version knows "
-            f"(tokens {', '.join(SPECIALS)})"
-        )
-    return ChatTokenizer(base)
 
 
 # --- conversations ----------------------------------------------------------------------------

@@ -5,22 +5,20 @@ training starts from the base model exactly. Only A and B train: the optimizer h
 them alone and a checkpoint stores them alone, with a reference to the base it adapts. Loading
 such a checkpoint for sampling or export merges them, W + (alpha / r) · B A, into a plain model.
 
-The adapters can also be written in PEFT's layout (adapter_config.json and
+engine.export also writes the adapters alone in PEFT's layout (adapter_config.json and
 adapter_model.safetensors), so `PeftModel.from_pretrained` puts them on the exported base.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from engine.config import LORA_TARGETS as TARGETS
-from engine.errors import UsageError
+from engine.contract.config import LORA_TARGETS as TARGETS
+from engine.contract.errors import UsageError
 
 
 class LoRALinear(nn.Linear):
@@ -93,49 +91,3 @@ def merge(
 
 def scale_of(settings: dict[str, Any]) -> float:
     return float(settings["alpha"]) / int(settings["rank"])
-
-
-# ---------------------------------------------------------------------------------------------
-# PEFT's adapter layout
-
-
-def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings: dict) -> None:
-    """adapter_config.json and adapter_model.safetensors for the model exported by
-    engine.export (GPT-2 or Llama layout): loadable with `PeftModel.from_pretrained`."""
-    from safetensors.torch import save_file
-
-    from engine import export, hf
-
-    layout = export.layout(cfg)
-    names = {ours.removesuffix(".weight"): theirs for ours, theirs, _ in hf.pairs(layout, cfg)}
-    tensors: dict[str, torch.Tensor] = {}
-    modules: set[str] = set()
-    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    for key, a in adapters.items():
-        if not key.endswith(".lora_A"):
-            continue
-        layer = key.removesuffix(".lora_A")
-        b = adapters[f"{layer}.lora_B"]
-        theirs = [n.removesuffix(".weight") for n in names[layer]]
-        # Llama's q, k and v are apart: each gets the shared A and its rows of B, exactly ours
-        parts = b.split([q, kv, kv]) if len(theirs) > 1 else (b,)
-        for name, part in zip(theirs, parts, strict=True):
-            prefix = f"base_model.model.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = a.detach().float().contiguous().clone()
-            tensors[f"{prefix}.lora_B.weight"] = part.detach().float().contiguous().clone()
-            modules.add(name.rsplit(".", 1)[-1])
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": int(settings["rank"]),
-        "lora_alpha": float(settings["alpha"]),
-        "lora_dropout": float(settings["dropout"]),
-        "target_modules": sorted(modules),
-        "fan_in_fan_out": layout == "gpt2",  # GPT-2 keeps its matrices as Conv1D, (in, out)
-        "bias": "none",
-        "inference_mode": True,
-        "base_model_name_or_path": str(settings.get("base", "")),
-    }
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

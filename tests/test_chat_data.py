@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import config, data
+from engine import data
 from engine.chat_template import ChatTokenizer, encode_chat
+from engine.contract import config
+from engine.contract.errors import UsageError
 from engine.data import sources, tokens
 from engine.data.loaders import ShardLoader
-from engine.errors import UsageError
 from engine.tokenizer import CharTokenizer
 
 NAMES = ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo"]

@@ -5,7 +5,7 @@ import pytest
 
 from engine import chat_template, export
 from engine.chat_template import END, ChatTokenizer, encode_chat, with_chat
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, from_spec
 
 transformers = pytest.importorskip("transformers")

@@ -54,7 +54,7 @@ def make_loaders(
 
     source = resolve(cfg.data)
     if source.chat:
-        from engine.errors import UsageError
+        from engine.contract.errors import UsageError
 
         raise UsageError(
             f"data.streaming: {source.spec} is chat data, which is prepared, not streamed; set "

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.chat_template import messages_of
+from engine.contract.errors import UsageError
 from engine.data import builtin, split
-from engine.errors import UsageError
 
 TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"
 EOT = builtin.EOT

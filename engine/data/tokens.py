@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.chat_template import ChatTokenizer, encode_chat, with_chat
+from engine.contract.errors import UsageError
 from engine.data import shards, sources, split
-from engine.errors import UsageError
 from engine.files import atomic_write_text
 from engine.tokenizer import EOT, Tokenizer, build_tokenizer, from_spec
 

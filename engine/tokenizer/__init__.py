@@ -13,9 +13,9 @@ tiktoken and tokenizers are imported inside the functions that use them, so impo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,17 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.errors import UsageError, cli_entry
+from engine.contract.config import BPE_MAX_VOCAB, BPE_MIN_VOCAB
+from engine.contract.errors import UsageError
+from engine.contract.render import EOT
 
 if TYPE_CHECKING:
     import tiktoken
     import tokenizers
 
-EOT = "<|endoftext|>"
 KINDS = ("tiktoken", "bpe", "char")
 
-BPE_MIN_VOCAB = 260  # 256 bytes, the end-of-text token and room for a few merges
-BPE_MAX_VOCAB = 2**20
 DEFAULT_BPE_VOCAB = 8192
 
 # tiktoken fetches encodings with requests and no timeout, so a stalled network would hang forever.
@@ -367,9 +366,7 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
         base = BPETokenizer(tok)
     if "chat" not in spec:
         return base
-    from engine import chat_template  # it builds on this module
-
-    return chat_template.from_spec_chat(base, spec["chat"])
+    return _chat_from_spec(base, spec["chat"])
 
 
 def build_tokenizer(
@@ -394,63 +391,81 @@ def build_tokenizer(
     return BPETokenizer.train(texts, vocab_size) if kind == "bpe" else CharTokenizer.train(texts)
 
 
-# --- command line -------------------------------------------------------------------------------
+# --- the chat template's tokens ---------------------------------------------------------------
+# Special tokens that ordinary text can never spell, at the ids just past any base vocabulary
+# (tiktoken, trained BPE or characters). The template that uses them is engine.chat_template.
+
+CHAT_VERSION = 1
+ROLES = ("system", "user", "assistant")
+END = "<|end|>"
+SPECIALS = (*tuple(f"<|{role}|>" for role in ROLES), END)
 
 
-def _train(args: argparse.Namespace) -> int:
-    if args.kind == "char" and args.vocab_size is not None:
-        raise UsageError("--vocab-size applies to --kind bpe; a char vocabulary is SOURCE's set")
-    vocab_size = DEFAULT_BPE_VOCAB if args.vocab_size is None else args.vocab_size
-    if args.kind == "bpe":
-        check_vocab_size(vocab_size, "--vocab-size")
-    out = Path(args.out or ("tokenizer.json" if args.kind == "bpe" else "char_tokenizer.json"))
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} already exists; pass --force to overwrite it or --out elsewhere")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
-    from engine.data import sources  # the same readers as training: files, folders, parquet
+class ChatTokenizer(Tokenizer):
+    """A base tokenizer plus the chat template's special tokens at ids past its vocabulary."""
 
-    names = sources.Names(source="SOURCE", include="--include", column="--text-column")
-    source = sources.resolve(
-        args.source, text_column=args.text_column, include=args.include, names=names
-    )
-    texts = sources.texts(source)
-    tok: BPETokenizer | CharTokenizer
-    if args.kind == "bpe":
-        tok = BPETokenizer.train(texts, vocab_size)
-    else:
-        tok = CharTokenizer.train(texts)
-    tok.save(out)
-    print(
-        f"trained {args.kind} tokenizer: vocab size {tok.vocab_size:,} from "
-        f"{source.total_bytes:,} bytes in {len(source.files)} files -> {out}"
-    )
-    return 0
+    def __init__(self, base: Tokenizer) -> None:
+        if isinstance(base, ChatTokenizer):
+            base = base.base
+        self.base = base
+        self.eot_id = base.eot_id
+        self.special_ids = {tok: base.vocab_size + i for i, tok in enumerate(SPECIALS)}
+        self._special_text = {i: tok for tok, i in self.special_ids.items()}
+        self.end_id = self.special_ids[END]
+
+    def role_id(self, role: str) -> int:
+        return self.special_ids[f"<|{role}|>"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.vocab_size + len(SPECIALS)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self.base._encode_ordinary(text)
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """As the base tokenizer; `allow_special` also turns the chat tags into their ids, so
+        a rendered conversation (`render`) encodes to the template's ids."""
+        if not allow_special:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for part in _SPLIT.split(text):
+            if part in self.special_ids:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids.extend(self.base.encode(part, allow_special=True))
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        return self.base.encode_batch(texts, num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if i in self._special_text:
+                out.append(self.base.decode(run))
+                out.append(self._special_text[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self.base.decode(run))
+        return "".join(out)
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.base.spec(), "chat": {"version": CHAT_VERSION, "tokens": list(SPECIALS)}}
+
+    def token_bytes(self) -> list[int]:
+        return self.base.token_bytes() + [0] * len(SPECIALS)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.tokenizer", description="Train a tokenizer on your own text."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a BPE or char tokenizer on text files")
-    train.add_argument(
-        "source", help="builtin:prose, builtin:code, a text/.jsonl/parquet file, a folder or a glob"
-    )
-    train.add_argument("--kind", choices=("bpe", "char"), default="bpe")
-    train.add_argument(
-        "--vocab-size", type=int, help=f"ids in the BPE vocabulary (default {DEFAULT_BPE_VOCAB})"
-    )
-    train.add_argument(
-        "--out", help="output file (default tokenizer.json, or char_tokenizer.json for char)"
-    )
-    train.add_argument("--include", default="*.txt", help="glob for files in a folder SOURCE")
-    train.add_argument("--text-column", default="text", help="jsonl field / parquet column")
-    train.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-    args = parser.parse_args(argv)
-    return _train(args)
+_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _chat_from_spec(base: Tokenizer, chat: Any) -> ChatTokenizer:
+    """Rebuild the chat layer a spec's "chat" entry describes, refusing one we cannot read."""
+    if not isinstance(chat, dict) or chat.get("tokens") != list(SPECIALS):
+        raise UsageError(
+            f"tokenizer spec: its chat template {chat!r} is not one this version knows "
+            f"(tokens {', '.join(SPECIALS)})"
+        )
+    return ChatTokenizer(base)

@@ -14,7 +14,6 @@ of 64) are dropped: an exported model can only produce ids its tokenizer can dec
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch
 
 from engine import checkpoint, hf
 from engine.chat_template import END, JINJA, SPECIALS, ChatTokenizer
-from engine.config import ModelConfig
-from engine.errors import UsageError, cli_entry
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
 from engine.tokenizer import EOT, BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 from engine.tokenizer import from_spec as tokenizer_from_spec
 
@@ -284,8 +283,6 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
 
 def export_adapter(source: str | Path, out_dir: str | Path, *, force: bool = False) -> None:
     """A LoRA run's adapters alone in PEFT's layout, for the base exported from its init_from."""
-    from engine import lora
-
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"{out}: folder is not empty; choose another or pass --force")
@@ -302,35 +299,48 @@ def export_adapter(source: str | Path, out_dir: str | Path, *, force: bool = Fal
             "adapters cannot carry them; export the merged model without --adapter"
         )
     layout(cfg)
-    lora.write_peft(out, cfg, state["model"], state["lora"])
+    write_peft(out, cfg, state["model"], state["lora"])
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.export",
-        description="Write a checkpoint as a Hugging Face model folder (GPT-2 or Llama format).",
-    )
-    parser.add_argument("source", help="a run directory, a checkpoint file, or hf:PATH")
-    parser.add_argument("out_dir", help="the folder to write (new or empty)")
-    parser.add_argument(
-        "--force", action="store_true", help="write into a folder that already holds files"
-    )
-    parser.add_argument(
-        "--adapter", action="store_true",
-        help="a LoRA run: write only its adapters, in PEFT's layout (adapter_config.json, "
-        "adapter_model.safetensors); without it the adapters are merged into the model",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.adapter:
-        export_adapter(args.source, args.out_dir, force=args.force)
-        print(f"exported LoRA adapters to {args.out_dir} (adapter_config.json, "
-              "adapter_model.safetensors)")  # fmt: skip
-        return 0
-    fmt = export(args.source, args.out_dir, force=args.force)
-    print(f"exported {FORMATS[fmt][0]} model to {args.out_dir} ({', '.join(FILES)})")
-    return 0
+# ---------------------------------------------------------------------------------------------
+# PEFT's adapter layout
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings: dict) -> None:
+    """adapter_config.json and adapter_model.safetensors for the model exported by
+    engine.export (GPT-2 or Llama layout): loadable with `PeftModel.from_pretrained`."""
+    from safetensors.torch import save_file
+
+    fmt = layout(cfg)
+    names = {ours.removesuffix(".weight"): theirs for ours, theirs, _ in hf.pairs(fmt, cfg)}
+    tensors: dict[str, torch.Tensor] = {}
+    modules: set[str] = set()
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    for key, a in adapters.items():
+        if not key.endswith(".lora_A"):
+            continue
+        layer = key.removesuffix(".lora_A")
+        b = adapters[f"{layer}.lora_B"]
+        theirs = [n.removesuffix(".weight") for n in names[layer]]
+        # Llama's q, k and v are apart: each gets the shared A and its rows of B, exactly ours
+        parts = b.split([q, kv, kv]) if len(theirs) > 1 else (b,)
+        for name, part in zip(theirs, parts, strict=True):
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = a.detach().float().contiguous().clone()
+            tensors[f"{prefix}.lora_B.weight"] = part.detach().float().contiguous().clone()
+            modules.add(name.rsplit(".", 1)[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": int(settings["rank"]),
+        "lora_alpha": float(settings["alpha"]),
+        "lora_dropout": float(settings["dropout"]),
+        "target_modules": sorted(modules),
+        "fan_in_fan_out": fmt == "gpt2",  # GPT-2 keeps its matrices as Conv1D, (in, out)
+        "bias": "none",
+        "inference_mode": True,
+        "base_model_name_or_path": str(settings.get("base", "")),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
