@@ -231,7 +231,7 @@ def serve(
         out.flush()
 
     model = session.model
-    send(ChatReady(source, step, model.num_params(), model.cfg.block_size))
+    send(ChatReady(source, step, model.num_params(), model.cfg.block_size, session.templated))
     for line in lines:
         if not line.strip():
             continue
@@ -239,6 +239,11 @@ def serve(
         try:
             request = parse_chat_request(line)
             rid = request.id
+            if request.system is not None:
+                if not session.templated:
+                    raise UsageError("'system' needs a chat-tuned model; this one continues text")
+                session.system = request.system
+                session.reset()
             if request.reset:
                 session.reset()
             if request.prompt is None:

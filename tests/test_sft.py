@@ -120,3 +120,21 @@ def test_the_generate_command_answers_a_chat_prompt(tuned, capsys):
     args = [str(tuned), "--prompt", "bye gus", "--temperature", "0", "--max-tokens", "16"]
     assert generate_cli.main(args) == 0
     assert capsys.readouterr().out == "see you, gus.\n"
+
+
+def test_the_studio_pipe_says_a_model_is_chat_tuned_and_takes_a_system_prompt(tuned):
+    import io as _io
+
+    from engine.chat import serve
+
+    chat = session(tuned)
+    lines = [
+        '{"id": 1, "prompt": "bye gus", "temperature": 0, "max_tokens": 16, "system": "be kind"}',
+    ]
+    out = _io.StringIO()
+    serve(chat, GREEDY, source=str(tuned), step=400, lines=lines, out=out)
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert replies[0]["type"] == "ready" and replies[0]["chat_tuned"] is True
+    assert chat.system == "be kind"
+    assert "<|" not in "".join(r.get("text", "") for r in replies if r["type"] == "token")
+    assert replies[-1]["type"] == "end"
