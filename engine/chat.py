@@ -1,8 +1,11 @@
 """Conversations with a model: the terminal session and the studio's `--serve` loop.
 
-Both talk through a ChatSession. In chat mode it keeps the conversation: each prompt continues
-the text of the turns before it (joined by newlines), and once that outgrows the context only
-its most recent block_size tokens are kept. Outside chat mode every prompt stands alone.
+Both talk through a ChatSession. With a base model, chat mode continues the text of the turns
+before it (joined by newlines), and once that outgrows the context only its most recent
+block_size tokens are kept. With a chat-tuned model (its tokenizer has the chat template) each
+prompt is a user turn after the system prompt, the reply is the assistant's turn up to `<|end|>`,
+and chat mode keeps the earlier turns, dropping the oldest whole turns when the context is full.
+Outside chat mode every prompt stands alone.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import TextIO
 
+from engine.chat_template import END, is_chat, render
 from engine.contract.errors import UsageError
 from engine.contract.events import (
     ChatEnd,
@@ -31,18 +36,38 @@ from engine.tokenizer import Tokenizer
 class ChatSession:
     """A model, its tokenizer and the conversation so far."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, system: str = "") -> None:
         self.model, self.tokenizer = model, tokenizer
         self.history = ""
+        self.templated = is_chat(tokenizer)  # a chat-tuned model: turns through the template
+        self.system = system
+        self.turns: list[dict[str, str]] = []
         self.last: Completion | None = None
         self.tokens_per_s = 0.0
 
     def reset(self) -> None:
         self.history = ""
+        self.turns = []
+
+    def _context(self, prompt: str, sampling: Sampling) -> str:
+        """The template's text for the conversation plus this prompt, oldest turns dropped
+        until it leaves room for the reply."""
+        asked = [{"role": "user", "content": prompt}]
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        turns = self.turns
+        room = self.model.cfg.block_size - min(sampling.max_tokens, self.model.cfg.block_size // 2)
+        while True:
+            text = render([*system, *turns, *asked], add_generation_prompt=True)
+            if not turns or len(self.tokenizer.encode(text, allow_special=True)) <= room:
+                return text
+            turns = turns[2:]
 
     def reply(self, prompt: str, sampling: Sampling, chat: bool = False) -> Iterator[str]:
         """The continuation, piece by piece. In chat mode even a reply cut short (Ctrl-C)
         joins the conversation, as far as it was shown."""
+        if self.templated:
+            yield from self._turn(prompt, sampling, chat)
+            return
         context = f"{self.history}\n{prompt}" if chat and self.history else prompt
         stream = Stream(self.model, self.tokenizer, [context], sampling)
         try:
@@ -54,6 +79,24 @@ class ChatSession:
             if chat:
                 self.history = context + self.last.text
 
+    def _turn(self, prompt: str, sampling: Sampling, chat: bool) -> Iterator[str]:
+        if not chat:
+            self.turns = []
+        context = self._context(prompt, sampling)
+        stops = tuple(dict.fromkeys((*sampling.stop, END, self.tokenizer.EOT)))
+        stream = Stream(self.model, self.tokenizer, [context], replace(sampling, stop=stops))
+        try:
+            for _, piece in stream:
+                yield piece
+        finally:
+            self.last = stream.completions[0]
+            self.tokens_per_s = stream.tokens_per_s
+            if chat:
+                self.turns += [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": self.last.text},
+                ]
+
 
 # ---------------------------------------------------------------------------------------------
 # The terminal
@@ -64,6 +107,7 @@ HELP = """\
   /topk K       sample from the K likeliest, 0 off  now {top_k}
   /topp P       nucleus mass in (0, 1], 1 off     now {top_p:g}
   /chat on|off  keep the conversation in context  now {chat}
+  /system TEXT  the system prompt (chat-tuned models)  now {system!r}
   /reset        forget the conversation
   quit          leave (or Ctrl-D)
 """
@@ -89,7 +133,7 @@ def repl(
         out.write(text)
         out.flush()
 
-    chat = False
+    chat = session.templated  # a chat-tuned model holds a conversation from the start
     write(banner + "Type a prompt; /help for commands, quit to leave.\n")
     while True:
         try:
@@ -127,7 +171,21 @@ def _command(
     name, _, value = command.partition(" ")
     value = value.strip()
     if name == "/help":
-        return sampling, chat, HELP.format(chat="on" if chat else "off", **vars(sampling))
+        return (
+            sampling,
+            chat,
+            HELP.format(chat="on" if chat else "off", system=session.system, **vars(sampling)),
+        )
+    if name == "/system":
+        if not session.templated:
+            raise UsageError("/system needs a chat-tuned model; this one continues text")
+        session.system = value
+        session.reset()
+        return (
+            sampling,
+            chat,
+            f"system prompt set{'' if value else ' to none'}; conversation forgotten",
+        )
     if name == "/reset":
         session.reset()
         return sampling, chat, "conversation forgotten"
@@ -173,7 +231,7 @@ def serve(
         out.flush()
 
     model = session.model
-    send(ChatReady(source, step, model.num_params(), model.cfg.block_size))
+    send(ChatReady(source, step, model.num_params(), model.cfg.block_size, session.templated))
     for line in lines:
         if not line.strip():
             continue
@@ -181,6 +239,11 @@ def serve(
         try:
             request = parse_chat_request(line)
             rid = request.id
+            if request.system is not None:
+                if not session.templated:
+                    raise UsageError("'system' needs a chat-tuned model; this one continues text")
+                session.system = request.system
+                session.reset()
             if request.reset:
                 session.reset()
             if request.prompt is None:

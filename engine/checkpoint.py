@@ -11,6 +11,8 @@ anywhere can never run code on the machine loading it. Format 2 (FORMAT_VERSION)
     progress        {"step", "tokens"}
     world_size      processes that wrote it
     ranks           one {"data": loader position, "rng": generators} per process
+    lora            only for a LoRA run: {rank, alpha, dropout, targets, base}; "model" then
+                    holds the adapters alone, and `base` is the frozen model they adapt
 
 Format 1 (no format_version: every release before it) is read by upgrading it here, so
 `pack` and `read` are the only code that knows these keys' layout.
@@ -127,13 +129,17 @@ def pack(
     optimizer: dict[str, Any],
     progress: dict[str, Any],
     ranks: list[dict[str, Any]],
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The payload the trainer's parts make, in the current format (see the module's doc)."""
-    return {
+    payload = {
         "format_version": FORMAT_VERSION, "config": config, "tokenizer": tokenizer,
         "model": model, "optimizer": optimizer, "progress": progress,
         "world_size": len(ranks), "ranks": ranks,
     }  # fmt: skip
+    if lora is not None:
+        payload["lora"] = lora
+    return payload
 
 
 def read(state: dict[str, Any], source: str | Path = "checkpoint") -> dict[str, Any]:
@@ -212,7 +218,54 @@ def load_weights(source: str | Path) -> dict[str, Any]:
     state["source"] = str(path)
     # a torch.compile'd model saves its weights under this prefix
     state["model"] = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    if isinstance(state.get("lora"), dict):  # adapters only: merged onto the base they adapt
+        state["model"] = merged_lora(state)
     return state
+
+
+def lora_base(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The frozen base weights a LoRA checkpoint refers to, grown to its vocabulary."""
+    from engine.lora import adapter_state
+
+    ref = state["lora"]["base"]
+    try:
+        base = load_weights(ref)
+    except UsageError as err:
+        raise UsageError(
+            f"{state.get('source', 'checkpoint')}: its LoRA base {ref}: {err}"
+        ) from None
+    weights = {k: v for k, v in base["model"].items() if not adapter_state({k: v})}
+    rows = state["config"]["model"]["vocab_size"]
+    grow_vocab(weights, rows, state["config"]["model"].get("tie_embeddings", True))
+    return weights
+
+
+def merged_lora(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from engine import lora
+
+    return lora.merge(lora_base(state), state["model"], lora.scale_of(state["lora"]))
+
+
+def grow_vocab(weights: dict[str, torch.Tensor], rows: int, tied: bool) -> None:
+    """Embedding (and output) rows up to `rows` for ids the weights never had, such as the chat
+    tokens: each new row starts near the mean of the trained rows, a token like an average one,
+    plus a fixed small noise so that new tokens differ (LoRA never trains these rows)."""
+    for name in ("wte.weight", "lm_head.weight"):
+        old = weights.get(name)
+        if old is not None and old.size(0) < rows:
+            g = torch.Generator().manual_seed(rows)
+            noise = torch.randn(rows - old.size(0), old.size(1), generator=g) * old.float().std()
+            extra = old.float().mean(0, keepdim=True) + noise
+            weights[name] = torch.cat([old, extra.to(old.dtype)])
+    if tied and "wte.weight" in weights:
+        weights["lm_head.weight"] = weights["wte.weight"]
+
+
+def base_reference(init_from: str) -> str:
+    """`train.init_from` as a reference that still holds from another working directory."""
+    if init_from.startswith("hf:"):
+        return "hf:" + str(Path(init_from[3:]).expanduser().resolve())
+    return str(resolve(init_from).resolve())
 
 
 def model_config(state: dict[str, Any]) -> ModelConfig:

@@ -63,7 +63,7 @@ def _loss_and_grads(h, weight, targets, chunk, dtype, softcap, grads):
     that sum for h (as fp32) and weight (accumulated in fp32)."""
     w = weight.to(dtype)
     total = torch.zeros((), device=h.device)
-    count = (targets != -1).sum()
+    count = (targets != -1).sum().clamp(min=1)  # a fully masked chat row scores 0, not NaN
     grad_h = torch.empty(h.shape, device=h.device, dtype=torch.float32) if grads else None
     grad_w = torch.zeros(weight.shape, device=h.device, dtype=torch.float32) if grads else None
     for start in range(0, h.size(0), chunk):

@@ -279,9 +279,13 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         # fp32 for the loss: a bf16 log-softmax over a large vocabulary loses too much
+        # summed then divided, not "mean": a chat row whose targets are all masked gives 0, not NaN
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1
-        )
+            logits.float().view(-1, logits.size(-1)),
+            targets.view(-1),
+            ignore_index=-1,
+            reduction="sum",
+        ) / (targets != -1).sum().clamp(min=1)
         return logits, loss
 
     def make_cache(

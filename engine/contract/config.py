@@ -115,6 +115,7 @@ class TokenizerConfig:
 class DataConfig:
     source: str = "builtin:prose"
     text_column: str = "text"  # jsonl field / parquet column
+    format: str = "auto"  # auto | text | chat (conversations: loss on the assistant's tokens)
     include: str = "*.txt"  # glob for files under a directory source
     val_fraction: float = 0.01
     streaming: bool = False  # tokenize on the fly instead of preparing shards first
@@ -149,6 +150,19 @@ class TrainConfig:
     init_from: str = ""  # a checkpoint to start from (fine-tuning)
 
 
+LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen train.init_from model; rank 0 fine-tunes every weight."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+
+
 @dataclass
 class CheckpointConfig:
     interval: int = 1000
@@ -175,6 +189,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -193,6 +208,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.mlp": ("gelu", "swiglu"),
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
+    "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
     "train.parallel": ("ddp", "fsdp"),
@@ -206,9 +222,14 @@ POSITIVE = {
 NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
-    "data.num_workers",
+    "data.num_workers", "lora.rank", "lora.alpha",
 }  # fmt: skip
-FRACTIONS = {"model.dropout", "data.val_fraction", "train.decay_fraction"}  # in [0, 1)
+FRACTIONS = {
+    "model.dropout",
+    "data.val_fraction",
+    "train.decay_fraction",
+    "lora.dropout",
+}  # in [0, 1)
 BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
 
 
@@ -442,6 +463,11 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
                 yield where, value, "must be at least 0 and below 1"
 
     m, t, tok = cfg.model, cfg.train, cfg.tokenizer
+    bad = [x for x in cfg.lora.targets if x not in LORA_TARGETS]
+    if bad or not cfg.lora.targets:
+        yield "lora.targets", cfg.lora.targets, f"must name some of {', '.join(LORA_TARGETS)}"
+    if cfg.lora.rank and not t.init_from:
+        yield "lora.rank", cfg.lora.rank, "needs train.init_from: LoRA adapts a trained model"
     if m.n_head > 0 and m.n_embd > 0:
         if m.n_embd % m.n_head:
             low = m.n_embd - m.n_embd % m.n_head

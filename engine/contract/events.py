@@ -337,6 +337,7 @@ class ChatRequest(Message):
     seed: int | None = None  # None: random
     chat: bool = False  # continue the conversation of earlier chat requests
     reset: bool = False  # forget the conversation first
+    system: str | None = None  # a chat-tuned model's system prompt; set, it starts afresh
 
     def to_json(self) -> str:
         record = {k: v for k, v in asdict(self).items() if v is not None and v is not False}
@@ -361,6 +362,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "chat": (bool,),
     "reset": (bool,),
+    "system": (str,),
 }
 
 
@@ -412,6 +414,7 @@ class ChatReady(ChatReply):
     step: int
     params: int
     block_size: int
+    chat_tuned: bool = False  # its tokenizer has the chat template: prompts are user turns
 
 
 @dataclass

@@ -132,6 +132,9 @@ def memory_estimate(
     final norm, output) and two blocks' (the one computing and the next, fetched ahead) in the
     compute dtype, and one unit's gathered fp32 gradients before they are reduce-scattered.
     Activations depend only on the micro-batch, so they are the same either way.
+
+    With LoRA (`lora.rank` > 0) the base is frozen: it needs its weights and nothing else, and
+    only the adapters (rank × (in + out) per target layer) have gradients and AdamW moments.
     """
     m, t = cfg.model, cfg.train
     vocab = vocab_size(cfg, tokenizer_vocab)
@@ -150,6 +153,17 @@ def memory_estimate(
         }
     else:
         out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": 8.0 * n + steps}
+    if cfg.lora.rank:
+        layers = [
+            s for k, s in shapes.items()
+            if k.startswith("blocks.") and k.split(".", 2)[2].removesuffix(".weight") in
+            cfg.lora.targets and k.endswith(".weight")
+        ]  # fmt: skip
+        trainable = sum(cfg.lora.rank * (s[0] + s[1]) for s in layers)
+        frozen = out["params"]
+        out["params"] = frozen + 4.0 * trainable
+        out["grads"] = 4.0 * trainable
+        out["optimizer"] = 8.0 * trainable + 8.0 * len(layers)
     out["activations"] = activation_bytes(m, vocab, t.batch_size, half)
     out["total"] = sum(out.values())
     return out

@@ -53,6 +53,13 @@ def make_loaders(
     from engine.data.streaming import StreamingLoader
 
     source = resolve(cfg.data)
+    if source.chat:
+        from engine.contract.errors import UsageError
+
+        raise UsageError(
+            f"data.streaming: {source.spec} is chat data, which is prepared, not streamed; set "
+            "data.streaming = false"
+        )
     common = {
         "batch_size": t.batch_size, "block_size": block, "val_fraction": cfg.data.val_fraction,
         "seed": t.seed, "device": device,

@@ -5,6 +5,10 @@ not a stateful generator. So the loader's whole position is one number, the next
 is exact; a prefetching thread can run ahead freely; and the rows of a global batch are the same
 whether one process reads them all or N ranks read a slice each (rank r of N takes rows
 [r·B, (r+1)·B) of every global batch of N·B rows).
+
+Chat data is packed the same way, with two differences: a row starts only where a conversation
+starts (the mask shards mark them), so the first answer in a row always sees its question; and
+a target the mask does not mark as the assistant's is -1, which the loss ignores.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from engine.contract.errors import UsageError
 from engine.data.prefetch import Prefetch
 from engine.data.shards import Dataset
+from engine.data.tokens import START, TRAINED
 
 _SPLIT_SALT = {"train": 0x9E3779B97F4A7C15, "val": 0xC2B2AE3D27D4EB4F}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment: consecutive rows land far apart
@@ -56,11 +61,25 @@ class ShardLoader:
         self.split = split
         width = block_size + 1
         self._maps = []
+        self._masks: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []  # chat: where rows may start, per shard
+        self.chat = dataset.chat
+        masks = dataset.masks(split) if self.chat else [None] * len(dataset.shards(split))
         windows = []
-        for shard in dataset.shards(split):
-            if shard.tokens >= width:
-                self._maps.append(np.memmap(shard.path, dtype=dataset.dtype, mode="r"))
+        for shard, mask in zip(dataset.shards(split), masks, strict=True):
+            if shard.tokens < width:
+                continue
+            if mask is not None:
+                flags = np.memmap(mask.path, dtype=np.uint8, mode="r")
+                starts = np.flatnonzero(flags[: shard.tokens - width + 1] & START)
+                if not len(starts):
+                    continue
+                self._masks.append(flags)
+                self._starts.append(starts)
+                windows.append(len(starts))
+            else:
                 windows.append(shard.tokens - width + 1)
+            self._maps.append(np.memmap(shard.path, dtype=dataset.dtype, mode="r"))
         if not windows:
             raise UsageError(
                 f"the {split} split of {dataset.manifest['source']} holds "
@@ -91,16 +110,23 @@ class ShardLoader:
         index = (h % np.uint64(self._total_windows)).astype(np.int64)
         shard = np.searchsorted(self._ends, index, side="right")
         start = index - np.where(shard > 0, self._ends[shard - 1], 0)
+        if self.chat:
+            start = np.array([self._starts[s][i] for s, i in zip(shard, start, strict=True)])
         return np.stack([shard, start], axis=1)
 
     def _batch_at(self, row: int) -> torch.Tensor:
-        """This rank's rows of the global batch that starts at `row`, as int64 (B, T + 1)."""
+        """This rank's rows of the global batch that starts at `row`, as int64 (B, T + 1); for
+        chat (2, B, T + 1): the tokens, then the same with untrained tokens as -1."""
         first = row + self.rank * self.batch_size
         where = self.windows(np.arange(first, first + self.batch_size, dtype=np.int64))
-        out = np.empty((self.batch_size, self.block_size + 1), dtype=np.int64)
+        width = self.block_size + 1
+        out = np.empty((1 + self.chat, self.batch_size, width), dtype=np.int64)
         for i, (shard, start) in enumerate(where):
-            out[i] = self._maps[shard][start : start + self.block_size + 1]
-        batch = torch.from_numpy(out)
+            out[0, i] = self._maps[shard][start : start + width]
+            if self.chat:
+                trained = self._masks[shard][start : start + width] & TRAINED
+                out[1, i] = np.where(trained, out[0, i], -1)
+        batch = torch.from_numpy(out if self.chat else out[0])
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     # --- iteration ------------------------------------------------------------------------------
@@ -118,6 +144,8 @@ class ShardLoader:
             batch = self._ahead.get()
         self.row += self.global_batch
         batch = batch.to(self.device, non_blocking=True)
+        if self.chat:
+            return batch[0, :, :-1].contiguous(), batch[1, :, 1:].contiguous()
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
     def _batches(self, row: int) -> Iterator[torch.Tensor]:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine.chat_template import with_chat
 from engine.contract import events as p
 from engine.contract.errors import UsageError
 from engine.data import shards, sources, tokens
@@ -73,6 +74,8 @@ def prepare(
     source = sources.resolve(cfg.data)
     if tokenizer is None:
         tokenizer = tokens.build_tokenizer_for(cfg, source, log=lambda text: emit(p.Log(text)))
+    elif source.chat:  # a base model's tokenizer, fine-tuned on conversations
+        tokenizer = with_chat(tokenizer)
     folder = dataset_dir(cfg, source, tokenizer)
     if not force and (found := shards.Dataset.open(folder)) is not None:
         emit(_ready(folder, found.manifest, cached=True))
@@ -107,6 +110,7 @@ def _write(
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     writers = {split: shards.ShardWriter(tmp, split, typecode) for split in shards.SPLITS}
+    masks = {s: shards.ShardWriter(tmp, s, "B", shards.MASK) for s in shards.SPLITS if source.chat}
     stats: dict[str, int] = {}
     done = n_tokens = 0
     workers = _worker_count(cfg.data.num_workers, len(units))
@@ -115,12 +119,16 @@ def _write(
         for result in _encode_all(tokenizer, units, cfg.data.val_fraction, typecode, workers):
             writers["train"].write(result.train)
             writers["val"].write(result.val)
+            if masks:
+                assert result.train_mask is not None and result.val_mask is not None
+                masks["train"].write(result.train_mask)
+                masks["val"].write(result.val_mask)
             for k, v in result.stats.items():
                 stats[k] = stats.get(k, 0) + v
             done += result.stats["bytes"]
             n_tokens += len(result.train) + len(result.val)
             emit(p.Progress(task="prepare", done=done, total=total, unit="B", tokens=n_tokens))
-        for writer in writers.values():
+        for writer in (*writers.values(), *masks.values()):
             writer.close()
         if not writers["train"].tokens and not writers["val"].tokens:
             raise UsageError(
@@ -137,6 +145,7 @@ def _write(
             "eot_id": tokenizer.eot_id,
             "dtype": shards.DTYPES[typecode],
             "val_fraction": cfg.data.val_fraction,
+            "chat": source.chat,
             "bytes": stats.get("bytes", 0),
             "replaced_bytes": stats.get("replaced_bytes", 0),
             "empty_records": stats.get("empty", 0),
@@ -146,6 +155,7 @@ def _write(
                     "documents": stats.get(f"{split}_documents", 0),
                     "pieces": stats.get(f"{split}_pieces", 0),
                     "shards": writers[split].shards,
+                    **({"masks": masks[split].shards} if masks else {}),
                 }
                 for split in shards.SPLITS
             },
@@ -158,9 +168,12 @@ def _write(
             shutil.rmtree(folder)
         shards.publish(tmp, folder)
     finally:
-        for writer in writers.values():
+        for writer in (*writers.values(), *masks.values()):
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    if stats.get("skipped"):
+        emit(p.Log(f"{stats['skipped']:,} conversations hold text the tokenizer cannot encode "
+                   "and were left out", level="warning"))  # fmt: skip
     if manifest["replaced_bytes"]:
         emit(p.Log(f"{manifest['replaced_bytes']:,} bytes were not UTF-8 and became U+FFFD",
                    level="warning"))  # fmt: skip

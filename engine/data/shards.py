@@ -5,6 +5,7 @@ Layout of one dataset folder, named by everything its tokens depend on:
     manifest.json        written last: source, fingerprint, tokenizer spec, counts, shard list
     train_000000.bin     raw little-endian uint16 (or uint32) token ids, SHARD_TOKENS at most
     val_000000.bin
+    train_000000.mask    chat data only: a byte per token (trained? conversation start?)
 
 A folder is trusted only through its manifest, and the manifest is the last thing written, into a
 folder that is renamed into place whole. An interrupted prepare therefore leaves a temporary folder
@@ -30,6 +31,7 @@ SHARD_TOKENS = 100_000_000  # per shard file: a few hundred MB, easy to copy and
 SPLITS = ("train", "val")
 DTYPES = {"H": "uint16", "I": "uint32"}
 MANIFEST = "manifest.json"
+MASK = ".mask"
 
 
 def cache_root(data: Any = None) -> Path:
@@ -92,13 +94,25 @@ class Dataset:
             for s in self.manifest["splits"][split]["shards"]
         ]
 
+    @property
+    def chat(self) -> bool:
+        return bool(self.manifest.get("chat"))
+
+    def masks(self, split: str) -> list[Shard]:
+        """A chat dataset's mask shards, one per token shard and of the same length."""
+        return [
+            Shard(self.dir / s["file"], int(s["tokens"]))
+            for s in self.manifest["splits"][split].get("masks", [])
+        ]
+
     def tokens(self, split: str) -> int:
         return int(self.manifest["splits"][split]["tokens"])
 
     def check(self) -> None:
         for split in SPLITS:
-            for shard in self.shards(split):
-                expected = shard.tokens * self.itemsize
+            masks = [(m, 1) for m in self.masks(split)]
+            for shard, itemsize in [*((s, self.itemsize) for s in self.shards(split)), *masks]:
+                expected = shard.tokens * itemsize
                 try:
                     size = shard.path.stat().st_size
                 except OSError:
@@ -115,8 +129,8 @@ class Dataset:
 class ShardWriter:
     """Appends token arrays of one split to numbered shard files of at most SHARD_TOKENS."""
 
-    def __init__(self, folder: Path, split: str, typecode: str) -> None:
-        self.folder, self.split, self.typecode = folder, split, typecode
+    def __init__(self, folder: Path, split: str, typecode: str, suffix: str = ".bin") -> None:
+        self.folder, self.split, self.typecode, self.suffix = folder, split, typecode, suffix
         self.shards: list[dict[str, Any]] = []
         self._file = None
         self._in_file = 0
@@ -137,7 +151,7 @@ class ShardWriter:
 
     def _next_file(self) -> None:
         self.close()
-        name = f"{self.split}_{len(self.shards):06d}.bin"
+        name = f"{self.split}_{len(self.shards):06d}{self.suffix}"
         self._file = open(self.folder / name, "wb")  # noqa: SIM115 - closed by close()
         self._in_file = 0
         self.shards.append({"file": name, "tokens": 0})

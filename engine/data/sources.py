@@ -12,6 +12,10 @@ Reading a unit yields `Piece`s, the grain of the train/validation split:
   keep documents in one file), cut into sections at line ends, so that even a single file yields
   a validation split. Sections are about 1/1024 of the file, from 1 KiB to 64 KiB.
 
+A chat source (`data.format = "chat"`, or "auto" finding `messages` or `prompt`/`completion` in
+the first record, or builtin:chat) reads each record as one conversation: the piece carries its
+messages, and its text is their contents (what a char tokenizer must cover).
+
 Bytes that are not UTF-8 become U+FFFD and are counted (`take_replaced`), never an error: one bad
 byte in a 10 GB crawl must not stop a run, nor go unnoticed. pyarrow is imported only to read
 parquet.
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.chat_template import messages_of
 from engine.contract.errors import UsageError
 from engine.data import builtin, split
 
@@ -111,6 +116,7 @@ class Unit:
     section: int = 0  # text: target section size
     last: bool = True  # text: the range ends its file, so its last section ends a document
     column: str = ""  # jsonl field / parquet column
+    chat: bool = False  # records are conversations
 
     @property
     def markers(self) -> bool:
@@ -124,6 +130,7 @@ class Piece:
     key: int  # split.key of its bytes
     end: bool  # a document ends after it
     size: int  # bytes it was read from
+    messages: list[dict[str, str]] | None = None  # a conversation, from a chat source
 
 
 @dataclass
@@ -132,15 +139,17 @@ class Source:
 
     spec: str
     text_column: str = "text"
-    builtin: str = ""  # "prose" or "code" for a built-in corpus
+    builtin: str = ""  # "prose", "code" or "chat" for a built-in corpus
     _files: tuple[FileRef, ...] | None = None
     names: Names = CONFIG_NAMES
+    chat: bool = False  # records are conversations, tokenized through the chat template
 
     @property
     def files(self) -> tuple[FileRef, ...]:
-        if self._files is None:  # built-in prose is generated only when it is read
-            size = len(builtin.prose())
-            self._files = (FileRef("builtin:prose", TEXT, size, 0),)
+        if self._files is None:  # built-in prose and chat are generated only when read
+            kind = JSONL if self.builtin == "chat" else TEXT
+            size = len(_builtin_bytes(f"builtin:{self.builtin}"))
+            self._files = (FileRef(f"builtin:{self.builtin}", kind, size, 0),)
         return self._files
 
     @property
@@ -162,6 +171,8 @@ class Source:
             ident = [[f.path, f.size, f.mtime_ns] for f in self.files]
         records = any(f.kind != TEXT for f in self.files) if not self.builtin else False
         body = {"files": ident, "text_column": self.text_column if records else None}
+        if self.chat:
+            body["chat"] = True
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
     @functools.cached_property
@@ -172,9 +183,9 @@ class Source:
             if f.kind == TEXT:
                 units.extend(_text_units(f))
             elif f.kind == JSONL:
-                units.extend(_jsonl_units(f, self.text_column))
+                units.extend(_jsonl_units(f, self.text_column, self.chat))
             else:
-                units.extend(_parquet_units(f, self.text_column, self.names))
+                units.extend(_parquet_units(f, self.text_column, self.names, self.chat))
         return units
 
     @property
@@ -182,17 +193,75 @@ class Source:
         return sum(u.size for u in self.units)
 
 
+FORMATS = ("auto", "text", "chat")
+
+
 def resolve(
-    source: Any, *, text_column: str = "text", include: str = "*.txt", names: Names = CONFIG_NAMES
+    source: Any,
+    *,
+    text_column: str = "text",
+    include: str = "*.txt",
+    names: Names = CONFIG_NAMES,
+    format: str = "auto",
 ) -> Source:
-    """Resolve `data.source` (a string, or a DataConfig whose fields are used) to its files.
+    """Resolve `data.source` (a string, or a DataConfig whose fields are used) to its files,
+    and whether its records are conversations (`format`: auto, text or chat).
 
     Raises UsageError for a path that does not exist, a folder or glob with no matching files,
     compressed files, or a source with no bytes at all.
     """
     if not isinstance(source, str):  # a DataConfig
         text_column, include = source.text_column, source.include
+        format = getattr(source, "format", "auto")
         source = source.source
+    found = _resolve_files(source, text_column, include, names)
+    found.chat = _is_chat(found, format, names)
+    return found
+
+
+def _is_chat(source: Source, format: str, names: Names) -> bool:
+    """Whether the records are conversations: asked for, or (auto) seen in the first record."""
+    if source.builtin:
+        chat = source.builtin == "chat"
+        if format != "auto" and chat != (format == "chat"):
+            raise UsageError(
+                f"data.format = {format!r} does not fit {source.spec}, which is "
+                f"{'conversations' if chat else 'plain text'}; set data.format = 'auto'"
+            )
+        return chat
+    if format == "text":
+        return False
+    first = source.files[0]
+    looks = first.kind != TEXT and _looks_like_chat(first)
+    if format == "chat":
+        plain = next((f for f in source.files if f.kind == TEXT), None)
+        if plain is not None:
+            raise UsageError(
+                f"data.format = 'chat': {plain.path} is plain text; conversations come as "
+                ".jsonl or parquet records with 'messages' or 'prompt' and 'completion'"
+            )
+        return True
+    return looks
+
+
+def _looks_like_chat(f: FileRef) -> bool:
+    if f.kind == PARQUET:
+        columns = set(_open_parquet(f.path).schema_arrow.names)
+        return "messages" in columns or {"prompt", "completion"} <= columns
+    with open(f.path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    record = json.loads(decode(line))
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(record, dict) and (
+                    "messages" in record or {"prompt", "completion"} <= record.keys()
+                )
+    return False
+
+
+def _resolve_files(source: str, text_column: str, include: str, names: Names) -> Source:
     spec = source.strip()
     if not spec:
         raise UsageError(f"{names.source} is empty; name a corpus, e.g. 'builtin:prose' or a path")
@@ -259,9 +328,13 @@ def _include_hint(folder: Path, include: str, name: str) -> str:
     return msg
 
 
+def _builtin_bytes(path: str) -> bytes:
+    return builtin.chat() if path == "builtin:chat" else builtin.prose()
+
+
 def _read_range(path: str, start: int, stop: int) -> bytes:
-    if path == "builtin:prose":
-        return builtin.prose()[start:stop]
+    if path in ("builtin:prose", "builtin:chat"):
+        return _builtin_bytes(path)[start:stop]
     with open(path, "rb") as f:
         f.seek(start)
         return f.read(stop - start)
@@ -302,9 +375,11 @@ def _text_units(f: FileRef) -> list[Unit]:
     ]
 
 
-def _jsonl_units(f: FileRef, column: str) -> list[Unit]:
+def _jsonl_units(f: FileRef, column: str, chat: bool = False) -> list[Unit]:
     """Ranges that end at line ends; a record is never cut, however long its line."""
     cuts = [0]
+    if f.path == "builtin:chat":  # small, and generated: one unit
+        return [Unit(JSONL, f.path, 0, f.size, f.size, column=column, chat=True)]
     with open(f.path, "rb") as fh:
         target = UNIT_BYTES
         while target < f.size:
@@ -321,7 +396,10 @@ def _jsonl_units(f: FileRef, column: str) -> list[Unit]:
                     cuts.append(cut)
             target += UNIT_BYTES
     cuts.append(f.size)
-    return [Unit(JSONL, f.path, a, b, b - a, column=column) for a, b in itertools.pairwise(cuts)]
+    return [
+        Unit(JSONL, f.path, a, b, b - a, column=column, chat=chat)
+        for a, b in itertools.pairwise(cuts)
+    ]
 
 
 def _open_parquet(path: str, names: Names = CONFIG_NAMES) -> Any:
@@ -337,11 +415,28 @@ def _open_parquet(path: str, names: Names = CONFIG_NAMES) -> Any:
         ) from None
 
 
-def _parquet_units(f: FileRef, column: str, names: Names) -> list[Unit]:
+def _parquet_units(f: FileRef, column: str, names: Names, chat: bool = False) -> list[Unit]:
     import pyarrow as pa
 
     pf = _open_parquet(f.path, names)
     schema = pf.schema_arrow
+    if chat:
+        if "messages" in schema.names:
+            columns = ["messages"]
+        elif {"prompt", "completion"} <= set(schema.names):
+            columns = ["prompt", "completion"] + (["system"] if "system" in schema.names else [])
+        else:
+            raise UsageError(
+                f"{names.source}: {f.path} has no 'messages' column nor 'prompt' and 'completion' "
+                f"(columns: {', '.join(schema.names)}); chat data needs one of them"
+            )
+        md = pf.metadata
+        return [
+            Unit(PARQUET, f.path, i, i + 1, md.row_group(i).total_byte_size,
+                 column=",".join(columns), chat=True)
+            for i in range(md.num_row_groups)
+            if md.row_group(i).num_rows
+        ]  # fmt: skip
     if column not in schema.names:
         raise UsageError(
             f"{names.source}: {f.path} has no column {column!r} (columns: "
@@ -428,12 +523,15 @@ def _read_jsonl(unit: Unit) -> Iterator[Piece]:
                 f"{_line(unit, i)}: a JSON {type(record).__name__}, not an object; each line of "
                 f"a .jsonl file must be an object with a {unit.column!r} field"
             )
-        if unit.column not in record:
+        if unit.column not in record and not unit.chat:
             fields = ", ".join(list(record)[:8]) or "none"
             raise UsageError(
                 f"{_line(unit, i)}: no field {unit.column!r} (fields: {fields}); set "
                 "data.text_column to the field that holds the text"
             )
+        if unit.chat:
+            yield _conversation(record, line, lambda i=i: _line(unit, i))
+            continue
         text = record[unit.column]
         if text is None:
             text = ""
@@ -442,6 +540,22 @@ def _read_jsonl(unit: Unit) -> Iterator[Piece]:
                 f"{_line(unit, i)}: field {unit.column!r} is a {type(text).__name__}, not text"
             )
         yield _record(text)
+
+
+def _conversation(record: dict[str, Any], raw: bytes, where: Any) -> Piece:
+    """A conversation record as one piece; `where` names it in an error, computed only then."""
+    try:
+        messages = messages_of(record, "record")
+    except UsageError as err:
+        raise UsageError(f"{where()}: {str(err).removeprefix('record: ')}") from None
+    if messages is None:
+        fields = ", ".join(list(record)[:8]) or "none"
+        raise UsageError(
+            f"{where()}: no 'messages' nor 'prompt' and 'completion' (fields: {fields}); each "
+            "chat record needs one of them"
+        )
+    text = "\n".join(m["content"] for m in messages)
+    return Piece(text, split.key(raw), True, len(raw), messages)
 
 
 def _line(unit: Unit, index: int) -> str:
@@ -454,12 +568,14 @@ def _read_parquet(unit: Unit) -> Iterator[Piece]:
     import pyarrow as pa
 
     pf = _open_parquet(unit.path)
+    columns = unit.column.split(",") if unit.chat else [unit.column]
     batches = pf.iter_batches(
         batch_size=PARQUET_BATCH_ROWS,
         row_groups=[unit.start],
-        columns=[unit.column],
+        columns=columns,
         use_threads=False,
     )
+    row = 0
     while True:
         try:
             batch = next(batches, None)
@@ -470,6 +586,13 @@ def _read_parquet(unit: Unit) -> Iterator[Piece]:
             ) from None
         if batch is None:
             return
+        if unit.chat:
+            for record in batch.to_pylist():
+                row += 1
+                raw = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
+                where = f"{unit.path}, row group {unit.start}, row {row}"
+                yield _conversation(record, raw, lambda where=where: where)
+            continue
         for value in batch.column(0).to_pylist():
             if isinstance(value, bytes):
                 value = decode(value)
@@ -539,6 +662,8 @@ def _estimate_tokens(sample: list[str], sampled_bytes: int, total: int) -> int:
 def _count_documents(f: FileRef) -> int:
     if f.kind == PARQUET:
         return _open_parquet(f.path).metadata.num_rows
+    if f.path == "builtin:chat":
+        return builtin.chat().count(b"\n")
     if f.kind == JSONL:
         with open(f.path, "rb") as fh:
             return sum(1 for line in fh if line.strip())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.chat_template import ChatTokenizer, encode_chat, with_chat
 from engine.contract.errors import UsageError
 from engine.data import shards, sources, split
 from engine.files import atomic_write_text
@@ -49,11 +50,19 @@ def build_tokenizer_for(
     cfg: Any, source: sources.Source | None = None, log: Callable[[str], None] | None = None
 ) -> Tokenizer:
     """The tokenizer `cfg.tokenizer` asks for: by name or path, or trained on `cfg.data.source`
-    (`log` hears when training starts: it can take a while on a large corpus)."""
+    (`log` hears when training starts: it can take a while on a large corpus); with the chat
+    tokens when the source is conversations."""
+    source = source or sources.resolve(cfg.data)
+    base = _base_tokenizer_for(cfg, source, log)
+    return with_chat(base) if source.chat else base
+
+
+def _base_tokenizer_for(
+    cfg: Any, source: sources.Source, log: Callable[[str], None] | None
+) -> Tokenizer:
     tok = cfg.tokenizer
     if tok.kind == "tiktoken" or tok.path:
         return build_tokenizer(tok.kind, name=tok.name, vocab_size=tok.vocab_size, path=tok.path)
-    source = source or sources.resolve(cfg.data)
     key = _digest({"source": source.fingerprint(), **identity(cfg), "sample": BPE_SAMPLE_BYTES})
     cached = shards.cache_root(cfg.data) / "tokenizers" / f"{source.label}-{tok.kind}-{key}.json"
     if cached.is_file():
@@ -129,13 +138,56 @@ def encode_piece(tokenizer: Tokenizer, piece: sources.Piece, markers: bool) -> l
     return ids
 
 
+# A chat dataset keeps one mask byte per token beside its ids.
+TRAINED = 1  # the model learns to produce this token (the assistant's)
+START = 2  # a conversation begins at this token: where a training row may start
+
+
 @dataclass
 class UnitTokens:
-    """A unit's tokens by split, and what was counted on the way."""
+    """A unit's tokens by split, and what was counted on the way (with masks for chat)."""
 
     train: array
     val: array
     stats: dict[str, int] = field(default_factory=dict)
+    train_mask: array | None = None
+    val_mask: array | None = None
+
+
+def encode_chat_unit(tokenizer: Tokenizer, unit: sources.Unit, val_fraction: float,
+                     typecode: str) -> UnitTokens:  # fmt: skip
+    """A unit of conversations: each through the template, then end-of-text (not trained), and
+    a mask byte per token saying which tokens are trained and where conversations start."""
+    if not isinstance(tokenizer, ChatTokenizer):
+        raise UsageError(
+            "chat data needs a tokenizer with the chat tokens; this one has none"
+        )  # our bug: prepare adds them
+    below = split.threshold(val_fraction)
+    out = {False: array(typecode), True: array(typecode)}
+    masks = {False: array("B"), True: array("B")}
+    stats = dict.fromkeys(
+        ("bytes", "train_documents", "val_documents", "train_pieces", "val_pieces", "empty"), 0
+    )
+    sources.take_replaced()
+    for piece in sources.read(unit):
+        stats["bytes"] += piece.size
+        assert piece.messages is not None, "a chat unit yields conversations"
+        is_val = piece.key < below
+        try:
+            enc = encode_chat(tokenizer, piece.messages)
+        except UsageError:  # a character a char vocabulary lacks: skipped, and counted
+            stats["skipped"] = stats.get("skipped", 0) + 1
+            continue
+        out[is_val].extend(enc.ids)
+        out[is_val].append(tokenizer.eot_id)
+        mask = [TRAINED if t else 0 for t in enc.trained] + [0]
+        mask[0] |= START
+        masks[is_val].extend(mask)
+        side = "val" if is_val else "train"
+        stats[f"{side}_documents"] += 1
+        stats[f"{side}_pieces"] += 1
+    stats["replaced_bytes"] = sources.take_replaced()
+    return UnitTokens(out[False], out[True], stats, masks[False], masks[True])
 
 
 def encode_unit(
@@ -146,6 +198,8 @@ def encode_unit(
     Consecutive text sections on the same side of the split are encoded as one string: a call per
     1 KiB section would cost tiktoken a fifth of its speed. Records are encoded one by one.
     """
+    if unit.chat:
+        return encode_chat_unit(tokenizer, unit, val_fraction, typecode)
     below = split.threshold(val_fraction)
     out = {False: array(typecode), True: array(typecode)}
     stats = dict.fromkeys(

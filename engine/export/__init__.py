@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint, hf
+from engine.chat_template import END, JINJA, SPECIALS, ChatTokenizer
 from engine.contract.config import ModelConfig
 from engine.contract.errors import UsageError
 from engine.tokenizer import EOT, BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
@@ -138,6 +139,8 @@ def write_model(
 
 def tokenizer_json(tokenizer: Tokenizer) -> str:
     """Our tokenizer as a Hugging Face tokenizers JSON that encodes and decodes the same ids."""
+    if isinstance(tokenizer, ChatTokenizer):
+        return _chat_json(tokenizer)
     if isinstance(tokenizer, BPETokenizer):
         return tokenizer.spec()["json"]
     if isinstance(tokenizer, CharTokenizer):
@@ -145,6 +148,20 @@ def tokenizer_json(tokenizer: Tokenizer) -> str:
     if isinstance(tokenizer, TiktokenTokenizer):
         return _tiktoken_json(tokenizer)
     raise UsageError(f"cannot export a {type(tokenizer).__name__}; no Hugging Face form is known")
+
+
+def _chat_json(tokenizer: ChatTokenizer) -> str:
+    """The base tokenizer's JSON with the chat tags as added special tokens, at our ids."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_str(tokenizer_json(tokenizer.base))
+    if tok.get_vocab_size(with_added_tokens=True) != tokenizer.base.vocab_size:  # our bug
+        raise UsageError("cannot export: the base tokenizer's ids are not dense")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    for text, i in tokenizer.special_ids.items():
+        assert tok.token_to_id(text) == i, "chat tokens must keep their ids"
+    return tok.to_str()
 
 
 def _char_json(tokenizer: CharTokenizer) -> str:
@@ -214,14 +231,26 @@ _BYTE_CHARS = {b: chr(b) for b in _PRINTABLE} | {
 }
 
 
-def tokenizer_config(block_size: int) -> dict[str, Any]:
-    return {
+def tokenizer_config(block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """tokenizer_config.json; a chat tokenizer also brings its template, and ends a turn
+    (generation's eos) at `<|end|>`."""
+    out = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": EOT,
         "eos_token": EOT,
         "model_max_length": block_size,
         "clean_up_tokenization_spaces": False,
     }
+    if isinstance(tokenizer, ChatTokenizer):
+        out |= {"chat_template": JINJA, "eos_token": END, "pad_token": EOT}
+    return out
+
+
+def write_tokenizer(out_dir: Path, tokenizer: Tokenizer, block_size: int) -> None:
+    """tokenizer.json and tokenizer_config.json: what `AutoTokenizer.from_pretrained` reads."""
+    (out_dir / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
+    config = json.dumps(tokenizer_config(block_size, tokenizer), indent=2)
+    (out_dir / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +274,73 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
             f"{source}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
             f"{cfg.vocab_size}"
         )
-    token_json = tokenizer_json(tokenizer)
+    tokenizer_json(tokenizer)  # refuse before writing anything
     out.mkdir(parents=True, exist_ok=True)
     fmt = write_model(out, cfg, state["model"], tokenizer.vocab_size, tokenizer.eot_id)
-    (out / "tokenizer.json").write_text(token_json, encoding="utf-8")
-    config = json.dumps(tokenizer_config(cfg.block_size), indent=2)
-    (out / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
+    write_tokenizer(out, tokenizer, cfg.block_size)
     return fmt
+
+
+def export_adapter(source: str | Path, out_dir: str | Path, *, force: bool = False) -> None:
+    """A LoRA run's adapters alone in PEFT's layout, for the base exported from its init_from."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"{out}: folder is not empty; choose another or pass --force")
+    path = checkpoint.resolve(source)
+    state = checkpoint.load(path)
+    if not isinstance(state.get("lora"), dict):
+        raise UsageError(f"{path}: not a LoRA run's checkpoint; export the whole model instead")
+    state["source"] = str(path)
+    cfg = checkpoint.model_config(state)
+    base = checkpoint.load_weights(state["lora"]["base"])
+    if checkpoint.model_config(base).vocab_size < cfg.vocab_size:
+        raise UsageError(
+            f"{path}: the run added tokens (the chat template) that its base lacks, so PEFT "
+            "adapters cannot carry them; export the merged model without --adapter"
+        )
+    layout(cfg)
+    write_peft(out, cfg, state["model"], state["lora"])
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT's adapter layout
+
+
+def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings: dict) -> None:
+    """adapter_config.json and adapter_model.safetensors for the model exported by
+    engine.export (GPT-2 or Llama layout): loadable with `PeftModel.from_pretrained`."""
+    from safetensors.torch import save_file
+
+    fmt = layout(cfg)
+    names = {ours.removesuffix(".weight"): theirs for ours, theirs, _ in hf.pairs(fmt, cfg)}
+    tensors: dict[str, torch.Tensor] = {}
+    modules: set[str] = set()
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    for key, a in adapters.items():
+        if not key.endswith(".lora_A"):
+            continue
+        layer = key.removesuffix(".lora_A")
+        b = adapters[f"{layer}.lora_B"]
+        theirs = [n.removesuffix(".weight") for n in names[layer]]
+        # Llama's q, k and v are apart: each gets the shared A and its rows of B, exactly ours
+        parts = b.split([q, kv, kv]) if len(theirs) > 1 else (b,)
+        for name, part in zip(theirs, parts, strict=True):
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = a.detach().float().contiguous().clone()
+            tensors[f"{prefix}.lora_B.weight"] = part.detach().float().contiguous().clone()
+            modules.add(name.rsplit(".", 1)[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": int(settings["rank"]),
+        "lora_alpha": float(settings["alpha"]),
+        "lora_dropout": float(settings["dropout"]),
+        "target_modules": sorted(modules),
+        "fan_in_fan_out": fmt == "gpt2",  # GPT-2 keeps its matrices as Conv1D, (in, out)
+        "bias": "none",
+        "inference_mode": True,
+        "base_model_name_or_path": str(settings.get("base", "")),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

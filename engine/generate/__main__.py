@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "--stop", action="append", default=[], help="end a sample at this text (repeatable)"
     )
     parser.add_argument("--seed", type=int, help="for repeatable samples (default: random)")
+    parser.add_argument(
+        "--system", default="", help="a chat-tuned model's system prompt (default: none)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
@@ -166,15 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = 1 if prompts is None else min(len(prompts) * args.num_samples, args.batch_size)
     print(for_sampling(model, rows, args.dtype, args.quantize), file=sys.stderr)
     tokenizer = from_spec(state["tokenizer"])
+    session = chat.ChatSession(model, tokenizer, system=args.system)
+    if args.system and not session.templated:
+        raise UsageError("--system needs a chat-tuned model; this one continues text")
     if args.serve:
-        session = chat.ChatSession(model, tokenizer)
         return chat.serve(session, sampling, source=state["source"], step=int(state["step"]))
     if prompts is None:
+        kind = "chat-tuned, " if session.templated else ""
         banner = (
-            f"{state['source']} (step {state['step']}, {model.num_params():,} parameters, "
+            f"{state['source']} ({kind}step {state['step']}, {model.num_params():,} parameters, "
             f"context {model.cfg.block_size})\n"
         )
-        return chat.repl(chat.ChatSession(model, tokenizer), sampling, banner=banner)
+        return chat.repl(session, sampling, banner=banner)
+    if session.templated:  # each prompt is one user turn; the answer ends at <|end|>
+        for prompt in prompts:
+            for _ in range(args.num_samples):
+                print("".join(session.reply(prompt, sampling)), flush=True)
+        return 0
     prompts = [p for p in prompts for _ in range(args.num_samples)]
     _print_samples(model, tokenizer, prompts, sampling, args.batch_size)
     return 0

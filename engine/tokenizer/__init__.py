@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -350,17 +351,22 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
             )
         return value
 
+    base: Tokenizer
     if kind == "tiktoken":
-        return TiktokenTokenizer(field("name", str))
-    if kind == "char":
-        return CharTokenizer(field("chars", list))
-    from tokenizers import Tokenizer as HFTokenizer
+        base = TiktokenTokenizer(field("name", str))
+    elif kind == "char":
+        base = CharTokenizer(field("chars", list))
+    else:
+        from tokenizers import Tokenizer as HFTokenizer
 
-    try:
-        tok = HFTokenizer.from_str(field("json", str))
-    except Exception as err:  # tokenizers raises a bare Exception for any parse failure
-        raise UsageError(f"tokenizer spec: 'json' is not a tokenizers JSON: {err}") from err
-    return BPETokenizer(tok)
+        try:
+            tok = HFTokenizer.from_str(field("json", str))
+        except Exception as err:  # tokenizers raises a bare Exception for any parse failure
+            raise UsageError(f"tokenizer spec: 'json' is not a tokenizers JSON: {err}") from err
+        base = BPETokenizer(tok)
+    if "chat" not in spec:
+        return base
+    return _chat_from_spec(base, spec["chat"])
 
 
 def build_tokenizer(
@@ -383,3 +389,83 @@ def build_tokenizer(
             f"tokenizer.kind = {kind!r} needs tokenizer.path to a saved tokenizer or text to train on"
         )
     return BPETokenizer.train(texts, vocab_size) if kind == "bpe" else CharTokenizer.train(texts)
+
+
+# --- the chat template's tokens ---------------------------------------------------------------
+# Special tokens that ordinary text can never spell, at the ids just past any base vocabulary
+# (tiktoken, trained BPE or characters). The template that uses them is engine.chat_template.
+
+CHAT_VERSION = 1
+ROLES = ("system", "user", "assistant")
+END = "<|end|>"
+SPECIALS = (*tuple(f"<|{role}|>" for role in ROLES), END)
+
+
+class ChatTokenizer(Tokenizer):
+    """A base tokenizer plus the chat template's special tokens at ids past its vocabulary."""
+
+    def __init__(self, base: Tokenizer) -> None:
+        if isinstance(base, ChatTokenizer):
+            base = base.base
+        self.base = base
+        self.eot_id = base.eot_id
+        self.special_ids = {tok: base.vocab_size + i for i, tok in enumerate(SPECIALS)}
+        self._special_text = {i: tok for tok, i in self.special_ids.items()}
+        self.end_id = self.special_ids[END]
+
+    def role_id(self, role: str) -> int:
+        return self.special_ids[f"<|{role}|>"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.vocab_size + len(SPECIALS)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self.base._encode_ordinary(text)
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """As the base tokenizer; `allow_special` also turns the chat tags into their ids, so
+        a rendered conversation (`render`) encodes to the template's ids."""
+        if not allow_special:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for part in _SPLIT.split(text):
+            if part in self.special_ids:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids.extend(self.base.encode(part, allow_special=True))
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        return self.base.encode_batch(texts, num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if i in self._special_text:
+                out.append(self.base.decode(run))
+                out.append(self._special_text[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self.base.decode(run))
+        return "".join(out)
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.base.spec(), "chat": {"version": CHAT_VERSION, "tokens": list(SPECIALS)}}
+
+    def token_bytes(self) -> list[int]:
+        return self.base.token_bytes() + [0] * len(SPECIALS)
+
+
+_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIALS) + ")")
+
+
+def _chat_from_spec(base: Tokenizer, chat: Any) -> ChatTokenizer:
+    """Rebuild the chat layer a spec's "chat" entry describes, refusing one we cannot read."""
+    if not isinstance(chat, dict) or chat.get("tokens") != list(SPECIALS):
+        raise UsageError(
+            f"tokenizer spec: its chat template {chat!r} is not one this version knows "
+            f"(tokens {', '.join(SPECIALS)})"
+        )
+    return ChatTokenizer(base)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, data, device, distributed, metrics, precision, remote
+from engine import checkpoint, data, device, distributed, lora, metrics, precision, remote
+from engine.chat_template import END, is_chat, render
 from engine.contract import config, sizing
 from engine.contract import events as p
 from engine.contract.config import Config
@@ -112,14 +113,28 @@ class Trainer:
                 )
             model_cfg.dropout = cfg.model.dropout
             model_cfg.activation_checkpointing = cfg.model.activation_checkpointing
+            if tokenizer.vocab_size > model_cfg.vocab_size:  # the chat tokens need rows
+                before = model_cfg.vocab_size
+                model_cfg.vocab_size = sizing.padded_vocab(tokenizer.vocab_size)
+                self.notes.append(
+                    f"embedding grown from {before} to {model_cfg.vocab_size} rows for the "
+                    "tokenizer's chat tokens"
+                )
         else:
             model_cfg = sizing.resolve_model(cfg, tokenizer.vocab_size)
         cfg.model = model_cfg
         _check_prompts(cfg, tokenizer)
 
         model = GPT(model_cfg)  # on the CPU, the same on every rank; Parallel places it
-        if source:
-            model.load_state_dict(source["model"])
+        self.lora: dict[str, Any] | None = None
+        if cfg.lora.rank:
+            self.lora = _adapt(cfg, model, base, restored, self.notes)
+        elif source:
+            if restored and isinstance(restored.get("lora"), dict):
+                raise UsageError("--resume: the checkpoint is a LoRA run's; resume with its [lora]")
+            weights = dict(source["model"])
+            checkpoint.grow_vocab(weights, model_cfg.vocab_size, model_cfg.tie_embeddings)
+            model.load_state_dict(weights)
         t = cfg.train
         group.seed(t.seed)
         parallel = distributed.Parallel(model, group, t.parallel)
@@ -166,7 +181,7 @@ class Trainer:
             payload = checkpoint.pack(
                 config=config.to_dict(self.cfg), tokenizer=self.tokenizer.spec(),
                 model=model_and_optimizer["model"], optimizer=model_and_optimizer["optimizer"],
-                progress=self.progress.state_dict(), ranks=ranks,
+                progress=self.progress.state_dict(), ranks=ranks, lora=self.lora,
             )  # fmt: skip
             path, best = self.saver.save(payload, step, val_loss)
             self.reporter.emit(
@@ -292,9 +307,14 @@ class Trainer:
         model = self.optim.parallel.sampling_model()
         if model is None:
             return
+        chat = is_chat(self.tokenizer)
         for prompt in prompts:
+            # a chat model is asked as a user and answers as the assistant, up to <|end|>
+            context = render([{"role": "user", "content": prompt}], True) if chat else prompt
+            if chat:
+                settings["stop"] = (END, self.tokenizer.EOT)
             with self.runtime.autocast:
-                text = generate(model, self.tokenizer, prompt, max_tokens, **settings)
+                text = generate(model, self.tokenizer, context, max_tokens, **settings)
             self.reporter.emit(
                 p.Sample(step=self.progress.step, prompt=prompt, text=text, id=request_id)
             )
@@ -336,6 +356,34 @@ def _prepare_data(
     if group.is_main:
         group.broadcast(tokenizer.spec())
     return prepared, tokenizer
+
+
+def _adapt(
+    cfg: Config,
+    model: GPT,
+    base: dict[str, Any] | None,
+    restored: dict[str, Any] | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    """The frozen init_from weights with adapters on them (restored when resuming); returns
+    the settings a LoRA checkpoint stores, with the reference to its base."""
+    assert base is not None, "config validation asks for train.init_from with lora.rank"
+    weights = {k: v for k, v in base["model"].items() if ".lora_" not in k}
+    checkpoint.grow_vocab(weights, model.cfg.vocab_size, model.cfg.tie_embeddings)
+    model.load_state_dict(weights)
+    settings = cfg.lora
+    n = lora.apply(model, settings.rank, settings.alpha, settings.dropout, settings.targets)
+    if restored:
+        model.load_state_dict(restored["model"], strict=False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    notes.append(
+        f"LoRA rank {settings.rank} on {n} layers: {trainable:,} of {model.num_params():,} "
+        "parameters train"
+    )
+    return {
+        **config.to_dict(cfg)["lora"],
+        "base": checkpoint.base_reference(cfg.train.init_from),
+    }
 
 
 def _refuse_to_overwrite(run_dir: Path) -> None:

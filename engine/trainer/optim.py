@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from engine import device, distributed
+from engine.lora import adapter_state
 from engine.model import GPT
 
 
@@ -58,6 +59,8 @@ class ModelAndOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """Every rank must call this under FSDP (it gathers the shards); rank 0 gets the state."""
         model_state, optimizer_state = self.parallel.full_state(self.optimizer)
+        if any(".lora_" in k for k in model_state):  # LoRA: only what trains is saved
+            model_state = adapter_state(model_state)
         return {
             "model": model_state,
             "optimizer": {"adamw": optimizer_state, "scaler": self.scaler.state_dict()},
