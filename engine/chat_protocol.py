@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from engine.protocol import ProtocolError
+from engine.protocol import ProtocolError, loads, sampling_faults
 
 RequestId = str | int | None
 
@@ -67,11 +67,11 @@ class RequestError(ProtocolError):
 def parse_request(line: str | bytes) -> Request:
     """One request line to a Request; a wrong key or type is a RequestError naming it."""
     try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(f"request is not JSON: {err}") from None
-    if not isinstance(record, dict):
-        raise RequestError('request must be a JSON object, e.g. {"prompt": "Hello"}')
+        record = loads(line)
+    except ProtocolError as err:
+        if str(err) == "not a JSON object":
+            raise RequestError('request must be a JSON object, e.g. {"prompt": "Hello"}') from None
+        raise RequestError(f"request refused: {err}") from None
     rid = record.get("id")
     rid = rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
     for key, value in record.items():
@@ -83,6 +83,12 @@ def parse_request(line: str | bytes) -> Request:
             wanted = " or ".join(k.__name__ for k in kinds)
             raise RequestError(f"request field {key!r} must be {wanted}, got {value!r}", rid)
     request = Request(**{k: v for k, v in record.items() if v is not None})
+    faults = sampling_faults(
+        request.max_tokens, request.temperature, request.top_k, request.top_p, request.seed,
+        request.prompt,
+    )  # fmt: skip
+    if faults:
+        raise RequestError(f"request refused: {'; '.join(faults)}", rid)
     if request.prompt is None and not request.reset:
         raise RequestError("request needs a 'prompt' (or only \"reset\": true)", rid)
     return request

@@ -24,6 +24,7 @@ import torch
 
 from engine.errors import UsageError, cli_entry
 from engine.model import GPT
+from engine.protocol import MAX_NEW_TOKENS, SEED_RANGE
 from engine.tokenizer import Tokenizer
 
 # Past the context the window slides: the oldest quarter is dropped and the cache rebuilt from
@@ -45,9 +46,10 @@ class Sampling:
     seed: int | None = None  # None: a fresh random seed per generation
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
+        if not _is_int(self.max_new_tokens) or not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
             raise UsageError(
-                f"max tokens must be a whole number of 1 or more, got {self.max_new_tokens!r}"
+                f"max tokens must be a whole number from 1 to {MAX_NEW_TOKENS:,}, "
+                f"got {self.max_new_tokens!r}"
             )
         if not _is_number(self.temperature) or self.temperature < 0:
             raise UsageError(f"temperature must be 0 (greedy) or more, got {self.temperature!r}")
@@ -61,8 +63,9 @@ class Sampling:
             )
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise UsageError(f"stop strings must be non-empty text, got {list(self.stop)!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise UsageError(f"seed must be a whole number, got {self.seed!r}")
+        low, high = SEED_RANGE
+        if self.seed is not None and (not _is_int(self.seed) or not low <= self.seed <= high):
+            raise UsageError(f"seed must be a whole number from {low} to {high}, got {self.seed!r}")
 
 
 def _is_int(value: object) -> bool:

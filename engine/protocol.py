@@ -24,6 +24,12 @@ MAX_LINE_BYTES = 1 << 20  # a longer line is dropped: no record we write comes c
 
 TOKEN_ENV = "GPT_STUDIO_TOKEN"  # a TCP engine proves it was started by this studio
 
+# Limits of the sampling values every caller may ask for (CLI, --serve, the studio's sample
+# command): beyond them a request is refused with a message, never attempted.
+MAX_NEW_TOKENS = 1_000_000  # the token buffer of one row is 8 bytes per token
+MAX_PROMPT_CHARS = 1_000_000
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
 
 class ProtocolError(ValueError):
     """A line that is not one of our messages; readers log it and carry on."""
@@ -186,6 +192,31 @@ class SampleRequest(Command):
     id: str = ""
 
 
+def sampling_faults(
+    max_tokens: Any = None,
+    temperature: Any = None,
+    top_k: Any = None,
+    top_p: Any = None,
+    seed: Any = None,
+    prompt: Any = None,
+) -> list[str]:
+    """What is wrong with these sampling values (None: not given), one phrase each."""
+    faults = []
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        faults.append(f"max_tokens must be 1 to {MAX_NEW_TOKENS:,}, got {max_tokens!r}")
+    if temperature is not None and not 0 <= temperature <= 1e6:
+        faults.append(f"temperature must be 0 (greedy) to 1e6, got {temperature!r}")
+    if top_k is not None and not 0 <= top_k <= MAX_INT:
+        faults.append(f"top_k must be 0 (off) or more, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        faults.append(f"top_p must be above 0 and at most 1, got {top_p!r}")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        faults.append(f"seed must be within {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed!r}")
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        faults.append(f"prompt of {len(prompt):,} characters is over {MAX_PROMPT_CHARS:,}")
+    return faults
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.type: cls for cls in (Pause, Resume, Stop, Save, SampleRequest)
 }
@@ -233,26 +264,92 @@ def from_dict(record: dict[str, Any], kinds: dict[str, type[Message]] | None = N
                 raise ProtocolError(f"bad {kind!r} message: {f.name} = {record[f.name]!r}")
             values[f.name] = record[f.name]
     try:
-        return cls(**values)
+        message = cls(**values)
     except TypeError as err:
         raise ProtocolError(f"bad {kind!r} message: {err}") from None
+    if isinstance(message, SampleRequest):
+        faults = sampling_faults(
+            message.max_tokens, message.temperature, message.top_k, message.top_p,
+            prompt=message.prompt,
+        )  # fmt: skip
+        if faults:
+            raise ProtocolError(f"bad 'sample' message: {'; '.join(faults)}")
+    return message
 
 
 def encode(message: Message) -> bytes:
     return message.to_json().encode("utf-8") + b"\n"
 
 
-def decode(line: bytes | str, kinds: dict[str, type[Message]] | None = None) -> Any:
-    """One NDJSON line to a message of `kinds` (default: events); else ProtocolError."""
+MAX_DEPTH = 16  # of nested objects and lists: a config is 3 deep, nothing we write is deeper
+MAX_INT = 2**63 - 1  # every whole number we exchange (steps, seeds, counts) fits in int64
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not a number JSON allows; a record holds finite numbers")
+
+
+def loads(line: bytes | str) -> dict[str, Any]:
+    """One NDJSON line to a plain JSON object whose values any reader can use safely.
+
+    Refused, as ProtocolError and never anything else: a line over the size limit, not JSON,
+    NaN or Infinity (JSON has neither; our writers never write them), a number too large for
+    a float or an int64, nesting deeper than MAX_DEPTH, and text with a lone surrogate (which
+    would fail later, when the reader writes it out). This is the single decoding step of
+    every reader of our lines: the engine's command reader, the studio's event reader, the
+    run-folder scanner and `--serve`.
+    """
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
     try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"not JSON: {err}") from None
+        record = json.loads(line, parse_constant=_no_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError, UnicodeError) as err:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"not JSON: {_first_line(err)}") from None
     if not isinstance(record, dict):
         raise ProtocolError("not a JSON object")
-    return from_dict(record, kinds)
+    _check_values(record, 0)
+    return record
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text.splitlines()[0][:200]
+
+
+def _check_values(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not -MAX_INT - 1 <= value <= MAX_INT:
+            raise ProtocolError("a whole number outside the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError("a number too large for a float")
+    elif isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("text with a lone surrogate, which is not valid Unicode") from None
+
+
+def decode(line: bytes | str, kinds: dict[str, type[Message]] | None = None) -> Any:
+    """One NDJSON line to a message of `kinds` (default: events); else ProtocolError."""
+    return from_dict(loads(line), kinds)
 
 
 def decode_events(lines: Iterable[bytes | str]) -> list[Event]:

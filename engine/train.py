@@ -415,6 +415,9 @@ def _answer_sample(run: Run, request: p.SampleRequest) -> None:
         )  # fmt: skip
     except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
         run.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
+    except Exception as err:  # a sample is never worth the run (out of memory, say)
+        text = (str(err) or type(err).__name__).splitlines()[0][:300]
+        run.reporter.emit(p.Log(f"sample {request.id}: failed: {text}", level="warning"))
 
 
 class Diverged(Exception):

@@ -278,8 +278,8 @@ class ChatServer:
         while data := await self.proc.stdout.read(1 << 16):
             for line in lines.feed(data):
                 try:
-                    reply = json.loads(line)
-                except ValueError:
+                    reply = p.loads(line)  # no NaN, no runaway nesting or numbers
+                except p.ProtocolError:
                     reply = None
                 if isinstance(reply, dict) and isinstance(reply.get("type"), str):
                     self.on_reply(reply)

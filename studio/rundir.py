@@ -8,6 +8,7 @@ headless one, so every reader here tolerates a last line that is only partly wri
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -84,8 +85,21 @@ def list_runs(out_dir: str | Path) -> list[RunInfo]:
     root = Path(out_dir)
     if not root.is_dir():
         return []
-    runs = [read_run(d) for d in root.iterdir() if d.is_dir() and _is_run(d)]
+    runs = []
+    try:
+        folders = [d for d in root.iterdir() if d.is_dir() and _is_run(d)]
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            runs.append(read_run(folder))
+        except Exception:  # one unreadable folder must not hide the others or stop the studio
+            runs.append(_unreadable(folder))
     return sorted(runs, key=lambda r: r.started or _mtime(r.path), reverse=True)
+
+
+def _unreadable(folder: Path) -> RunInfo:
+    return RunInfo(folder, folder.name, "-", 0, 0, None, None, "unreadable", False)
 
 
 def _is_run(folder: Path) -> bool:
@@ -153,9 +167,10 @@ def _shape(folder: Path, start: p.Start | None) -> str:
 
 def _best_json(folder: Path) -> float | None:
     try:
-        return float(json.loads((folder / "checkpoints" / "best.json").read_text())["val_loss"])
-    except (OSError, ValueError, KeyError, TypeError):
+        loss = float(json.loads((folder / "checkpoints" / "best.json").read_text())["val_loss"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    return loss if math.isfinite(loss) else None
 
 
 def _state(folder: Path, tail: list[p.Event]) -> str:
