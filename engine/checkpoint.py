@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from engine.config import ModelConfig
-from engine.errors import UsageError
-from engine.files import atomic_write, atomic_write_text, fsync_dir
+from engine.errors import UsageError, on_disk
+from engine.files import atomic_write, atomic_write_text, fsync_dir, remove_stale_temps
+from engine.health import all_finite
 from engine.model import GPT
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
@@ -40,7 +41,10 @@ class CheckpointManager:
 
         Returns the path and whether it became the best checkpoint.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not all_finite(state.get("model", {})):
+            raise NonFiniteWeights(step)
+        with on_disk(self.dir, "creating the checkpoint folder"):
+            self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{step:08d}.pt"
         atomic_save(state, path)
         is_best = False
@@ -62,6 +66,10 @@ class CheckpointManager:
         fsync_dir(self.dir)
         return path, is_best
 
+    def remove_stale(self) -> list[tuple[Path, int]]:
+        """Temporary files of writers killed mid-save; call with the run's lock held."""
+        return remove_stale_temps(self.dir)
+
     def step_files(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
@@ -80,6 +88,18 @@ class CheckpointManager:
             return float(json.loads((self.dir / "best.json").read_text())["val_loss"])
         except (OSError, ValueError, KeyError):
             return float("inf")
+
+
+class NonFiniteWeights(UsageError):
+    """Weights holding NaN or infinity: never written over good checkpoints."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(
+            f"step {step}: the weights hold NaN or infinity, so no checkpoint was written (the "
+            "kept ones are from before); lower train.lr, raise train.warmup_steps or set "
+            "train.grad_clip, then --resume"
+        )
+        self.step = step
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:

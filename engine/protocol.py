@@ -78,6 +78,7 @@ class Step(Event):
     mem_gb: float  # peak GPU memory on CUDA, resident memory on CPU
     tokens: int = 0  # seen so far
     eta_s: float | None = None
+    skipped: int = 0  # updates the health guards skipped since the last step record
 
 
 @dataclass

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
+from engine import checkpoint, config, data, device, distributed, errors, metrics, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
 from engine.generate import generate
+from engine.health import HealthGuard, Verdict, all_finite
 from engine.model import GPT
+from engine.runlock import RunLock
 from engine.schedule import lr_at
 from engine.tokenizer import Tokenizer, from_spec
 
@@ -42,6 +44,7 @@ class State:
     signalled: bool = False  # SIGINT/SIGTERM seen here: a request, until the ranks agree on it
     paused: bool = False
     losses: list[float] = field(default_factory=list)
+    lr_scale: float = 1.0  # what rollbacks have multiplied the schedule's learning rate by
 
 
 @dataclass
@@ -63,14 +66,22 @@ class Run:
     reporter: metrics.Reporter
     link: remote.StudioLink | None
     state: State
+    guard: HealthGuard
     studio: bool = False  # whether rank 0's studio is still connected, as all ranks agreed
     last_norm: torch.Tensor | float = 0.0  # gradient norm of the latest step, before clipping
     notes: list[str] = field(default_factory=list)  # warnings from building, logged at start
 
-    def save(self, val_loss: float | None = None) -> None:
+    def save(self, val_loss: float | None = None) -> bool:
         """Every rank takes part: the weights and optimizer state as one process would hold
-        them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes."""
+        them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes.
+
+        Weights holding NaN or infinity on any rank are never written: the kept checkpoints
+        stay the good ones. Returns whether a checkpoint was written.
+        """
         s = self.state
+        if not self.weights_finite():
+            self.reporter.emit(p.Log(str(checkpoint.NonFiniteWeights(s.step)), level="warning"))
+            return False
         model_state, optimizer_state = self.parallel.full_state(self.optimizer)
         ranks = self.group.gather(
             {"loader": self.train_loader.state_dict(), "rng": rng_state(self.runtime.device)}
@@ -81,7 +92,8 @@ class Run:
                 "scaler": self.scaler.state_dict(), "loader": ranks[0]["loader"],
                 "rng": ranks[0]["rng"], "step": s.step, "tokens": s.tokens,
                 "config": config.to_dict(self.cfg), "tokenizer": self.tokenizer.spec(),
-                "world_size": self.group.world_size,
+                "world_size": self.group.world_size, "health": self.guard.state_dict(),
+                "lr_scale": s.lr_scale,
             }  # fmt: skip
             if self.group.world_size > 1:
                 payload["ranks"] = ranks
@@ -90,6 +102,13 @@ class Run:
                 p.Checkpoint(step=s.step, path=str(path), best=best, val_loss=val_loss)
             )
         self.group.wait_for_main()
+        return True
+
+    def weights_finite(self) -> bool:
+        """Whether every rank's weights (its shards, under FSDP) are all finite."""
+        local = [distributed.local_shard(w) for w in self.model.parameters()]
+        flag = torch.tensor(float(all_finite(local)), device=self.runtime.device)
+        return bool(self.group.mean(flag).item() == 1.0)
 
     def sample(
         self, prompts: list[str], max_tokens: int, request_id: str = "", **settings: Any
@@ -134,17 +153,23 @@ def train(
         if console is None and not quiet and main:
             console = metrics.console_for()
         early = metrics.Reporter([s for s in (console, link) if s is not None and main])
+        # one writer per run folder, from before the first byte is written to the end
+        lock = RunLock(cfg.run_dir)
         try:
+            if main:
+                lock.acquire()
             run = build(cfg, resume, early, link, group)
         except BaseException as err:
             if link is not None:  # the console hears it from the command line's error line
                 link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
             early.close()
+            lock.release()
             raise
         try:
             loop(run, until)
         finally:
             run.close()
+            lock.release()
     return run.state
 
 
@@ -164,10 +189,19 @@ def build(
     seed_everything(cfg.train.seed)
 
     notes: list[str] = []  # said after the start event
+    saver = checkpoint.CheckpointManager(
+        run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
+    )
+    if group.is_main:  # we hold the run's lock: every temporary file in it is a dead writer's
+        for path, size in saver.remove_stale():
+            notes.append(f"removed {path.name} ({config.human(size, 'B')}), left by a writer "
+                         "that was killed mid-save")  # fmt: skip
     restored = _load_resume(cfg, resume) if resume is not None else None
     # weights to fine-tune: a checkpoint, a run directory, or hf:PATH (a Hugging Face folder)
     base = checkpoint.load_weights(cfg.train.init_from) if cfg.train.init_from else None
     source = restored or base
+    if source is None:  # a first answer before preparing data: the shape is the config's
+        check_memory(cfg, runtime, group.world_size)
     tokenizer = from_spec(source["tokenizer"]) if source else None
     prepared, tokenizer = _prepare_data(cfg, tokenizer, early, group)
     if source:  # a checkpoint fixes the architecture
@@ -183,6 +217,7 @@ def build(
         model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
     _check_prompts(cfg, tokenizer)
+    check_memory(cfg, runtime, group.world_size, tokenizer.vocab_size)
 
     model = GPT(model_cfg)  # on the CPU, the same on every rank; Parallel places it
     if source:
@@ -195,31 +230,56 @@ def build(
     train_loader, val_loader = data.make_loaders(
         cfg, prepared, tokenizer, runtime.device, group.rank, group.world_size
     )
-    state = State()
-    if restored:
-        parallel.load_optimizer(optimizer, restored["optimizer"])
-        scaler.load_state_dict(restored["scaler"])
-        loader_state, rng = _rank_state(restored, group)
-        train_loader.load_state_dict(loader_state)
-        if rng is not None:
-            set_rng_state(rng, runtime.device)
-        state.step, state.tokens = restored["step"], restored["tokens"]
-    del source, restored, base
-
+    guard = HealthGuard(t.spike_z, max_bad_steps=t.max_bad_steps)
     reporter = metrics.Reporter([])  # the other ranks report nothing
     if group.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, run_dir / "config.toml", overwrite=True)
-        reporter = metrics.open_sinks(cfg, early.sinks)
-    saver = checkpoint.CheckpointManager(
-        run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
-    )
+        with errors.on_disk(run_dir, "writing the run folder"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(cfg, run_dir / "config.toml", overwrite=True)
+            reporter = metrics.open_sinks(cfg, early.sinks)
     step_fn = torch.compile(parallel.module) if t.compile else parallel.module
-    return Run(
+    run = Run(
         cfg, runtime, group, tokenizer, model, parallel, step_fn, optimizer, scaler,
-        train_loader, val_loader, saver, reporter, link, state, studio=link is not None,
-        notes=notes,
+        train_loader, val_loader, saver, reporter, link, State(), guard,
+        studio=link is not None, notes=notes,
     )  # fmt: skip
+    if restored:
+        restore(run, restored)
+        guard.load_state_dict(restored.get("health", {}))
+    return run
+
+
+def restore(run: Run, restored: dict[str, Any]) -> None:
+    """A checkpoint's training state into a built run (its weights are already in the model):
+    optimizer, scaler, this rank's data position and RNG, step, tokens and learning-rate scale."""
+    run.parallel.load_optimizer(run.optimizer, restored["optimizer"])
+    run.scaler.load_state_dict(restored["scaler"])
+    loader_state, rng = _rank_state(restored, run.group)
+    run.train_loader.load_state_dict(loader_state)
+    if rng is not None:
+        set_rng_state(rng, run.runtime.device)
+    run.state.step, run.state.tokens = restored["step"], restored["tokens"]
+    run.state.lr_scale = float(restored.get("lr_scale", 1.0))
+
+
+def check_memory(
+    cfg: Config, runtime: device.Runtime, world_size: int, vocab: int | None = None
+) -> None:
+    """Refuse, before allocating anything, a run whose own memory estimate exceeds what the
+    device has; `train.check_memory = false` lets someone who knows better try anyway."""
+    if not cfg.train.check_memory:
+        return
+    have = device.memory_bytes(runtime.device)
+    need = config.memory_estimate(cfg, vocab, world_size)
+    if have is None or need["total"] <= have:
+        return
+    parts = ", ".join(f"{k} {config.human(v, 'B')}" for k, v in need.items() if k != "total" and v)
+    raise UsageError(
+        f"this run needs about {config.human(need['total'], 'B')} per device by its estimate "
+        f"({parts}), but {runtime.device} has {config.human(have, 'B')}; lower model.n_layer, "
+        "model.n_embd or train.batch_size (raise train.grad_accum to keep the batch), or set "
+        "--train.check_memory=false to try anyway"
+    )
 
 
 def _prepare_data(
@@ -283,26 +343,37 @@ def loop(run: Run, until: int | None = None) -> None:
         ))  # fmt: skip
     started = time.perf_counter()
     window_start, window_steps = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=run.runtime.device)
+    loss_sum, good, skipped = 0.0, 0, 0  # over this log interval's steps
     try:
         with _stop_on_signals(state, at_once=world == 1):
             while state.step < t.max_steps and not state.stop:
-                lr = lr_at(state.step, t)
-                loss_sum += train_step(run, lr)
+                lr = lr_at(state.step, t) * state.lr_scale
+                loss, verdict = train_step(run, lr)
                 state.step += 1
                 state.tokens += tokens_per_step
                 window_steps += 1
+                if verdict.ok:
+                    loss_sum, good = loss_sum + loss, good + 1
+                else:
+                    skipped += 1
+                    _report_skip(run, verdict)
+                    if run.guard.unhealthy:
+                        recover(run)  # back to the last good checkpoint, or Diverged
+                        loss_sum, good, skipped, window_steps = 0.0, 0, 0, 0
+                        window_start = time.perf_counter()
+                        continue
                 if until is not None and state.step >= until and not state.stop:
                     state.stop = "stopped"
                 extras_start = time.perf_counter()
                 obey(run, agree(run))  # pause, stop, save or sample, on every rank at once
                 last = state.step == t.max_steps or bool(state.stop)
+                signalled = state.stop == "signal"
+                if signalled:  # a signal is a request to be gone: the checkpoint first
+                    run.save()
 
-                if state.step % cfg.log.interval == 0 or last:
-                    # the one sync per interval; the mean over all ranks' micro-batches
-                    mean_loss = run.group.mean(loss_sum).item() / window_steps
-                    if not math.isfinite(mean_loss):
-                        raise Diverged(state.step, mean_loss)
+                if (state.step % cfg.log.interval == 0 or last) and good:
+                    # the mean over all ranks' micro-batches of the steps that were applied
+                    mean_loss = loss_sum / good
                     state.losses.append(mean_loss)
                     step_s = (extras_start - window_start) / window_steps
                     reporter.emit(p.Step(
@@ -310,18 +381,28 @@ def loop(run: Run, until: int | None = None) -> None:
                         tokens_per_s=tokens_per_step / step_s, step_ms=1000 * step_s,
                         mfu=flops_per_step / step_s / peak if peak else None,
                         mem_gb=run.runtime.memory_gb(), tokens=state.tokens,
-                        eta_s=(t.max_steps - state.step) * step_s,
+                        eta_s=(t.max_steps - state.step) * step_s, skipped=skipped,
                     ))  # fmt: skip
-                    loss_sum.zero_()
+                    loss_sum, good, skipped = 0.0, 0, 0
                     window_steps, window_start = 0, extras_start
                 val_loss = None
-                if run.val_loader is not None and (state.step % t.eval_interval == 0 or last):
+                due = not signalled and (state.step % t.eval_interval == 0 or last)
+                if run.val_loader is not None and due:
                     val_loss = evaluate(run.model, run.val_loader, t.eval_steps, run.runtime)
-                    reporter.emit(p.Eval(step=state.step, val_loss=val_loss, ppl=_ppl(val_loss)))
-                if (state.step % t.sample_interval == 0 or last) and t.sample_prompts:
+                    if math.isfinite(val_loss):
+                        reporter.emit(
+                            p.Eval(step=state.step, val_loss=val_loss, ppl=_ppl(val_loss))
+                        )
+                    else:
+                        reporter.emit(p.Log(f"step {state.step}: the validation loss is "
+                                            f"{val_loss}; not recorded", level="warning"))  # fmt: skip
+                        val_loss = None
+                sample_due = state.step % t.sample_interval == 0 or last
+                if sample_due and t.sample_prompts and not signalled:
                     run.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + state.step)
-                if state.step % cfg.checkpoint.interval == 0 or last:
-                    run.save(val_loss)
+                save_due = state.step % cfg.checkpoint.interval == 0 or last
+                if save_due and not signalled and not run.save(val_loss) and last:
+                    raise Diverged(state.step, "weights that are not finite")
                 if state.paused:  # after this step's records, so they show where it paused
                     hold(run)
                     if state.stop and not last:
@@ -337,8 +418,15 @@ def loop(run: Run, until: int | None = None) -> None:
         raise
 
 
-def train_step(run: Run, lr: float) -> torch.Tensor:
-    """One optimizer step over `grad_accum` micro-batches; returns the mean loss, unsynced."""
+def train_step(run: Run, lr: float) -> tuple[float, Verdict]:
+    """One optimizer step over `grad_accum` micro-batches, applied only if the health guard
+    passes it; returns the mean loss over all ranks and the guard's verdict.
+
+    The loss is read back every step (one small sync) because an update must be judged before
+    it is applied: a NaN on a step that is not logged would otherwise reach the weights. The
+    gradient norm is global after DDP's all-reduce and the loss is the mean over ranks, so
+    every rank reaches the same verdict.
+    """
     t = run.cfg.train
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -354,11 +442,54 @@ def train_step(run: Run, lr: float) -> torch.Tensor:
     norm = torch.nn.utils.clip_grad_norm_(
         run.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
     )
-    run.scaler.step(run.optimizer)
+    loss = float(run.group.mean(loss_sum).item())
+    grad_norm = float(distributed.local(norm))
+    if run.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(grad_norm):
+        verdict = Verdict()  # fp16 overflow: the scaler skips this step and lowers its scale
+    else:
+        verdict = run.guard.judge(loss, grad_norm)
+    if verdict.ok:
+        run.scaler.step(run.optimizer)
+        if math.isfinite(grad_norm):
+            run.last_norm = grad_norm
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.last_norm = distributed.local(norm)
-    return loss_sum
+    return loss, verdict
+
+
+def _report_skip(run: Run, verdict: Verdict) -> None:
+    z = f", z-score {verdict.z:.1f}" if verdict.z else ""
+    run.reporter.emit(p.Log(
+        f"step {run.state.step}: update skipped ({verdict.reason}{z}); "
+        f"{run.guard.bad_in_a_row} bad step(s) in a row", level="warning",
+    ))  # fmt: skip
+
+
+def recover(run: Run) -> None:
+    """After `train.max_bad_steps` bad steps in a row: back to the last good checkpoint with a
+    lower learning rate, or stop with a message (train.on_unhealthy, train.max_rollbacks)."""
+    t, guard, state = run.cfg.train, run.guard, run.state
+    why = f"{guard.bad_in_a_row} bad steps in a row by step {state.step}"
+    if t.on_unhealthy == "stop":
+        raise Diverged(state.step, why)
+    if guard.rollbacks >= t.max_rollbacks:
+        raise Diverged(state.step, f"{why}, after {guard.rollbacks} rollback(s)")
+    if run.parallel.kind == "fsdp":
+        raise Diverged(state.step, f"{why} (rolling back is not supported under FSDP)")
+    found = run.saver.latest() if run.group.is_main else None
+    latest = run.group.broadcast(str(found) if found else "")
+    if not latest:
+        raise Diverged(state.step, f"{why}, and no checkpoint yet to roll back to")
+    restored = checkpoint.load(latest, map_location="cpu")
+    with torch.no_grad():
+        run.model.load_state_dict(restored["model"])
+    restore(run, restored)
+    guard.forget_streak()
+    state.lr_scale *= t.rollback_lr
+    run.reporter.emit(p.Log(
+        f"{why}: rolled back to step {state.step} ({Path(latest).name}) with the learning rate "
+        f"x{state.lr_scale:g}; rollback {guard.rollbacks} of {t.max_rollbacks}", level="warning",
+    ))  # fmt: skip
 
 
 def agree(run: Run, wait: float = 0.0) -> list[p.Command]:
@@ -421,10 +552,10 @@ def _answer_sample(run: Run, request: p.SampleRequest) -> None:
 
 
 class Diverged(Exception):
-    def __init__(self, step: int, loss: float) -> None:
+    def __init__(self, step: int, what: str) -> None:
         super().__init__(
-            f"loss became {loss} by step {step}; lower train.lr, raise train.warmup_steps "
-            "or set train.grad_clip"
+            f"training diverged: {what}; the kept checkpoints are from before. Lower train.lr, "
+            "raise train.warmup_steps or set train.grad_clip, then --resume"
         )
         self.step = step
 
