@@ -368,8 +368,6 @@ def loop(run: Run, until: int | None = None) -> None:
                 obey(run, agree(run))  # pause, stop, save or sample, on every rank at once
                 last = state.step == t.max_steps or bool(state.stop)
                 signalled = state.stop == "signal"
-                if signalled:  # a signal is a request to be gone: the checkpoint first
-                    run.save()
 
                 if (state.step % cfg.log.interval == 0 or last) and good:
                     # the mean over all ranks' micro-batches of the steps that were applied
@@ -385,6 +383,8 @@ def loop(run: Run, until: int | None = None) -> None:
                     ))  # fmt: skip
                     loss_sum, good, skipped = 0.0, 0, 0
                     window_steps, window_start = 0, extras_start
+                if signalled:  # a request to be gone: the checkpoint before anything slow
+                    run.save()
                 val_loss = None
                 due = not signalled and (state.step % t.eval_interval == 0 or last)
                 if run.val_loader is not None and due:
