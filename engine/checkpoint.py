@@ -112,10 +112,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise UsageError(
+            f"{path}: is empty (0 bytes), so the write that made it never finished; "
+            "use an earlier checkpoint of the run"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        text = str(err)
+        text = str(err) or type(err).__name__
         if "Unsupported global" in text or "GLOBAL" in text:
             raise UsageError(
                 f"{path}: holds pickled Python objects, and loading it could run code; "

@@ -216,7 +216,10 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     cfg = from_dict(raw, origin=str(path))
     origins = apply_overrides(cfg, overrides)
     for where, value, allowed in _faults(cfg):
-        raise ConfigError(f"{origins.get(where, str(path))}: {where} = {value!r} {allowed}")
+        # a rule across keys (warmup_steps exceeds max_steps) blames the override that broke it
+        blamed = [o for k, o in origins.items() if k != where and k in allowed]
+        origin = origins.get(where) or (blamed[0] if blamed else str(path))
+        raise ConfigError(f"{origin}: {where} = {value!r} {allowed}")
     return cfg
 
 

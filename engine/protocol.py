@@ -306,7 +306,11 @@ def loads(line: bytes | str) -> dict[str, Any]:
         record = json.loads(line, parse_constant=_no_constant)
     except ProtocolError:
         raise
-    except (ValueError, RecursionError, UnicodeError) as err:  # JSONDecodeError is a ValueError
+    except RecursionError:
+        raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if "integer string conversion" in str(err):
+            raise ProtocolError("a whole number outside the 64-bit range") from None
         raise ProtocolError(f"not JSON: {_first_line(err)}") from None
     if not isinstance(record, dict):
         raise ProtocolError("not a JSON object")
