@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from engine import protocol as p
+from engine import runlock
 from engine.config import ConfigError, load, to_dict
 
 METRICS = "metrics.jsonl"
@@ -71,8 +72,9 @@ class RunInfo:
     max_steps: int
     best_val: float | None
     started: float | None  # epoch seconds of its first start event
-    state: str  # finished | stopped | failed | training? | interrupted | new
+    state: str  # training | finished | stopped | failed | training? | interrupted | new
     checkpoints: bool
+    writer: int | None = None  # the live process holding the run's lock: it is training now
 
     @property
     def date(self) -> str:
@@ -118,6 +120,7 @@ def read_run(folder: Path) -> RunInfo:
     best = _best_json(folder)
     if best is None and evals:
         best = min(evals)
+    writer = runlock.holder(folder)
     return RunInfo(
         path=folder,
         name=folder.name,
@@ -126,8 +129,9 @@ def read_run(folder: Path) -> RunInfo:
         max_steps=last_start.max_steps if last_start else 0,
         best_val=best,
         started=start.time if start else None,
-        state=_state(folder, tail),
+        state="training" if writer is not None else _state(folder, tail),
         checkpoints=any((folder / "checkpoints").glob("*.pt")),
+        writer=writer,
     )
 
 

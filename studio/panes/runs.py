@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from engine import protocol as p
+from engine import runlock
 from studio.rundir import MetricsTail, RunInfo, list_runs
 from studio.widgets.charts import RunCharts
 
@@ -164,6 +165,13 @@ class RunsPane(Vertical):
             self.notify(
                 f"{run.name} has no checkpoint to continue from.", severity="error", markup=False
             )
+            return
+        writer = runlock.holder(run.path)  # now, not when the list was read
+        if writer is not None:  # resuming would make a second writer of one run
+            self.notify(
+                f"{run.name} is training elsewhere (process {writer}); press enter to "
+                "follow it instead.", severity="warning", markup=False,
+            )  # fmt: skip
             return
         self.post_message(self.Resume(run.path))
 
