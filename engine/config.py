@@ -290,6 +290,20 @@ def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
     return cfg
 
 
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every setting that differs between two `to_dict` configs."""
+    out = []
+    for section in sorted(set(before) | set(after)):
+        old, new = before.get(section), after.get(section)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    out.append((f"{section}.{key}", old.get(key), new.get(key)))
+        elif old != new:
+            out.append((section, old, new))
+    return out
+
+
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> dict[str, str]:
     """Apply `--section.key=value` (or `--name=value` for top-level keys) in order.
 

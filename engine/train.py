@@ -30,7 +30,7 @@ from engine.generate import generate
 from engine.health import HealthGuard, Verdict, all_finite
 from engine.model import GPT
 from engine.runlock import RunLock
-from engine.schedule import lr_at
+from engine.schedule import describe_change, lr_at
 from engine.tokenizer import Tokenizer, from_spec
 
 
@@ -139,12 +139,14 @@ def train(
     quiet: bool = False,
     until: int | None = None,
     report_to: str | None = None,
+    branch: bool = False,
 ) -> State:
     """Train per `cfg`; returns the final state. `resume` is "" for the run's latest checkpoint.
 
     `until` stops after that step as a stop request would — checkpoint, then `done` — while the
     schedule still runs to `train.max_steps`, so a later `--resume` continues the same run.
     `report_to` is the studio's address: events go there too, and its commands are obeyed.
+    `branch` makes `resume` (a checkpoint of another run) the start of a new run folder.
     """
     metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
     with distributed.start(device.pick(cfg.train.device, cfg.train.dtype)) as group:
@@ -158,7 +160,7 @@ def train(
         try:
             if main:
                 lock.acquire()
-            run = build(cfg, resume, early, link, group)
+            run = build(cfg, resume, early, link, group, branch)
         except BaseException as err:
             if link is not None:  # the console hears it from the command line's error line
                 link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
@@ -179,10 +181,11 @@ def build(
     early: metrics.Reporter,
     link: remote.StudioLink | None,
     group: distributed.Group,
+    branch: bool = False,
 ) -> Run:
     """Data, tokenizer, model, optimizer and loaders, restored from a checkpoint if resuming."""
     run_dir = cfg.run_dir
-    if resume is None and group.is_main:
+    if (resume is None or branch) and group.is_main:
         _refuse_to_overwrite(run_dir)
     runtime = group.runtime
     device.configure_cuda()
@@ -216,6 +219,10 @@ def build(
     else:
         model_cfg = config.resolve_model(cfg, tokenizer.vocab_size)
     cfg.model = model_cfg
+    if restored and branch:
+        notes.append(f"branched from {resume} at step {restored['step']}; that run is unchanged")
+    if restored:
+        notes += _changes_since(restored, cfg)
     _check_prompts(cfg, tokenizer)
     check_memory(cfg, runtime, group.world_size, tokenizer.vocab_size)
 
@@ -653,6 +660,35 @@ def _load_resume(cfg: Config, resume: str) -> dict[str, Any]:
     return checkpoint.load(latest)
 
 
+SCHEDULE_KEYS = ("max_steps", "lr", "min_lr", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+def _changes_since(restored: dict[str, Any], cfg: Config) -> list[str]:
+    """What a resumed (or branched) run does differently from its checkpoint, said at start:
+    every changed setting, and what a changed schedule does to the learning rate."""
+    saved = restored.get("config")
+    if not isinstance(saved, dict):
+        return []
+    changed = [
+        (k, old, new)
+        for k, old, new in config.differences(saved, config.to_dict(cfg))
+        if k not in ("name", "out_dir") and not k.startswith("model.") and old is not None
+    ]
+    if not changed:
+        return []
+    notes = [
+        "settings changed since the checkpoint: "
+        + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+    ]
+    if any(k in {f"train.{s}" for s in SCHEDULE_KEYS} for k, _, _ in changed):
+        try:
+            before = config.from_dict(saved, origin="the checkpoint's config").train
+        except UsageError:
+            return notes
+        notes.append(describe_change(int(restored["step"]), before, cfg.train))
+    return notes
+
+
 def _model_differences(cfg: Config, saved: config.ModelConfig) -> str:
     """The config's model keys that differ from a checkpoint's, as `model.k = mine (saved)`."""
     mine = config.to_dict(cfg)["model"]
@@ -673,6 +709,32 @@ def _check_prompts(cfg: Config, tokenizer: Tokenizer) -> None:
             raise UsageError(f"train.sample_prompts: {prompt!r}: {err}") from None
 
 
+def branch_source(spec: str, cfg: Config) -> Path:
+    """The checkpoint `RUN@STEP` names: RUN a run folder (or a run name under out_dir), STEP a
+    kept step, `latest` or `best`."""
+    run, at, step = spec.rpartition("@")
+    if not at or not run or not step:
+        raise UsageError(f"--branch {spec!r}: expected RUN@STEP, e.g. --branch tiny@2000")
+    folder = Path(run) if Path(run).is_dir() else Path(cfg.out_dir) / run
+    if not folder.is_dir():
+        raise UsageError(f"--branch {spec!r}: no run folder {run} (nor {folder})")
+    if folder.resolve() == cfg.run_dir.resolve():
+        raise UsageError(
+            f"--branch {spec!r}: the branch needs a folder of its own; add --name=NEW_NAME"
+        )
+    saver = checkpoint.CheckpointManager(folder)
+    found = {"latest": saver.latest(), "best": saver.best()}.get(step)
+    if found is None and step.isdigit():
+        found = next((f for f in saver.step_files() if int(f.stem[5:]) == int(step)), None)
+    if found is None:
+        kept = ", ".join(str(int(f.stem[5:])) for f in saver.step_files()) or "none"
+        raise UsageError(
+            f"--branch {spec!r}: {folder} keeps no checkpoint at {step}; kept steps: {kept} "
+            "(or latest, best)"
+        )
+    return found
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -691,9 +753,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the studio's socket (unix:PATH or tcp:127.0.0.1:PORT): send it every event and "
         "obey its pause, resume, stop, save and sample commands; without it the run is headless",
     )  # fmt: skip
+    parser.add_argument(
+        "--branch", metavar="RUN@STEP",
+        help="start a new run (give it --name=NEW) from RUN's kept checkpoint at STEP, or "
+        "RUN@latest / RUN@best, with its full state; RUN itself is left untouched",
+    )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
-    state = train(cfg, resume=args.resume, report_to=args.report_to)
+    resume, branch = args.resume, args.branch is not None
+    if branch:
+        if resume is not None:
+            raise UsageError("--branch and --resume: give one (--branch starts a new run)")
+        resume = str(branch_source(args.branch, cfg))
+    state = train(cfg, resume=resume, report_to=args.report_to, branch=branch)
     return 0 if state.step > 0 or cfg.train.max_steps == 0 else 1
 
 

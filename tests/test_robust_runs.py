@@ -267,3 +267,43 @@ def test_a_run_too_large_for_the_machine_is_refused_before_anything_is_written(t
 def test_zz_fault_counts(capsys):
     with capsys.disabled():
         print(f"\nfaults injected {FAULTS['injected']}, survived {FAULTS['survived']}")
+
+
+def test_extending_a_run_lists_what_changed_and_what_the_schedule_does(tmp_path):
+    cfg = tiny_config(tmp_path, train__max_steps=10, checkpoint__interval=5)
+    train(cfg, quiet=True)
+    cfg.train.max_steps, cfg.train.lr = 20, 2e-3
+    records = Records()
+    state = train(cfg, resume="", console=records)
+    assert state.step == 20
+    notes = [e.message for e in records.events if isinstance(e, p.Log)]
+    changed = next(n for n in notes if n.startswith("settings changed since the checkpoint"))
+    assert "train.lr 0.003 -> 0.002" in changed and "train.max_steps 10 -> 20" in changed
+    plan = next(n for n in notes if n.startswith("schedule re-planned at step 10"))
+    assert "cosine decay is re-planned to reach 0.0003 at step 20" in plan and "->" in plan
+
+
+def test_a_branch_starts_a_new_run_from_a_kept_step_and_leaves_the_source_untouched(tmp_path):
+    from engine.train import main
+
+    cfg = tiny_config(
+        tmp_path, train__max_steps=10, checkpoint__interval=5, checkpoint__keep_last=5
+    )
+    train(cfg, quiet=True)
+    source = cfg.run_dir
+    before = {f.name: f.read_bytes() for f in source.rglob("*") if f.is_file()}
+    path = config.save(cfg, tmp_path / "run.toml", overwrite=True)
+    assert main([str(path), "--name=b", "--train.max_steps=8", f"--branch={source}@5"]) == 0
+    after = {f.name: f.read_bytes() for f in source.rglob("*") if f.is_file()}
+    assert after == before
+    branched = [e for e in config_events(source.parent / "b")]
+    start = next(e for e in branched if isinstance(e, p.Start))
+    assert start.resumed_from == 5 and branched[-1].step == 8
+    notes = [e.message for e in branched if isinstance(e, p.Log)]
+    assert any(n.startswith("branched from") and "at step 5" in n for n in notes)
+
+
+def config_events(run_dir: Path) -> list[p.Event]:
+    from engine import metrics
+
+    return metrics.read_events(run_dir / "metrics.jsonl")
