@@ -423,7 +423,7 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
         yield (
             "name",
             cfg.name,
-            "must be a plain folder name: 1-200 bytes, no slashes or control characters",
+            "must be a plain, non-empty folder name (no slashes or control characters, at most 200 bytes)",
         )
     if not cfg.out_dir or "\0" in cfg.out_dir:
         yield "out_dir", cfg.out_dir, "must be a folder path, e.g. 'runs'"
