@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from engine.errors import on_disk
+from engine.contract.errors import on_disk
 
 
 @contextmanager

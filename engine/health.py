@@ -65,6 +65,7 @@ class HealthGuard:
         self.bad_in_a_row = 0
         self.skipped = 0  # updates skipped over the run
         self.rollbacks = 0
+        self.lr_scale = 1.0  # what rollbacks have multiplied the schedule's learning rate by
 
     def judge(self, loss: float, grad_norm: float) -> Verdict:
         """The verdict on one step, recorded: a good step joins the history."""
@@ -98,10 +99,12 @@ class HealthGuard:
         """Too many bad steps in a row: time to roll back or stop."""
         return self.max_bad_steps > 0 and self.bad_in_a_row >= self.max_bad_steps
 
-    def forget_streak(self) -> None:
-        """After a rollback: the bad steps are undone, the history of good ones stays."""
+    def rolled_back(self, lr_factor: float) -> None:
+        """After a rollback: the bad steps are undone (the history of good ones stays), and the
+        learning rate from here on is `lr_factor` times lower again."""
         self.bad_in_a_row = 0
         self.rollbacks += 1
+        self.lr_scale *= lr_factor
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class HealthGuard:
             "bad_in_a_row": self.bad_in_a_row,
             "skipped": self.skipped,
             "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -120,6 +124,7 @@ class HealthGuard:
         self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
         self.skipped = int(state.get("skipped", 0))
         self.rollbacks = int(state.get("rollbacks", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 def all_finite(tensors: Any) -> bool:

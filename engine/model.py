@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from engine.config import ModelConfig, flops_per_token
+from engine.contract.config import ModelConfig
+from engine.contract.sizing import flops_per_token
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -179,7 +180,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("GPT needs a resolved vocab_size; see engine.config.resolve_model()")
+            raise ValueError(
+                "GPT needs a resolved vocab_size; see engine.contract.sizing.resolve_model()"
+            )
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None

@@ -22,12 +22,12 @@ import pytest
 import torch
 from test_train import tiny_config
 
-from engine import config
-from engine import protocol as p
 from engine.chat import ChatSession, serve
 from engine.config import main as config_main
-from engine.generate import Sampling
-from engine.generate import main as generate_main
+from engine.contract import config
+from engine.contract import events as p
+from engine.contract.sampling import Sampling
+from engine.generate.__main__ import main as generate_main
 from engine.model import GPT
 from engine.tokenizer import CharTokenizer
 from engine.train import main as train_main
@@ -144,7 +144,7 @@ def answer(kind: str, text: str, files: dict[str, str], session, tmp_path) -> tu
         return 0, ""
     if kind == "serve":
         out = io.StringIO()
-        small = Sampling(max_new_tokens=2, temperature=0)
+        small = Sampling(max_tokens=2, temperature=0)
         serve(session, small, source="x", step=0, lines=[line], out=out)
         replies = [json.loads(r) for r in out.getvalue().splitlines()[1:]]
         errors = [r["message"] for r in replies if r["type"] == "error"]

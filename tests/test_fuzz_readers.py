@@ -18,15 +18,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import protocol as p
 from engine.chat import ChatSession, serve
-from engine.config import ModelConfig
-from engine.generate import Sampling
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.config import ModelConfig
+from engine.contract.rundir import MetricsTail, list_runs
+from engine.contract.sampling import Sampling
 from engine.model import GPT
 from engine.remote import StudioLink
 from engine.tokenizer import CharTokenizer
 from studio.link import EngineLink
-from studio.rundir import MetricsTail, list_runs
 
 KINDS = [*p.EVENTS, *p.COMMANDS, "hello", "", "ready", "token", "end"]
 SENT = {"engine": 0, "studio": 0, "scanner": 0, "serve": 0}  # lines sent, reported at the end
@@ -110,8 +111,7 @@ def feed_engine_reader(link: StudioLink, conn: socket.socket, batch: list[bytes]
     assert link.connected
     for command in got:  # whatever got through is a command with sane values
         if isinstance(command, p.SampleRequest):
-            assert not p.sampling_faults(command.max_tokens, command.temperature,
-                                         command.top_k, command.top_p)  # fmt: skip
+            assert command.sampling()  # within the one set of limits
     SENT["engine"] += len(batch)
 
 
@@ -123,7 +123,7 @@ def feed_studio_reader(batch: list[bytes]) -> None:
         events, notes = [], []
         link = EngineLink(events.append, notes.append)
         await link.open()
-        _, where = p.parse_address(link.address)
+        _, where = framing.parse_address(link.address)
         _, writer = await asyncio.open_unix_connection(where)
         writer.write(p.encode(p.Hello(token=link.token, pid=1)))
         writer.write(b"".join(line + b"\n" for line in batch))
@@ -165,7 +165,7 @@ def feed_serve(session: ChatSession, batch: list[bytes]) -> None:
     text = [line.decode("utf-8", "replace") for line in batch]
     text = [t for t in text if t.strip()]
     out = io.StringIO()
-    small = Sampling(max_new_tokens=2, temperature=0)
+    small = Sampling(max_tokens=2, temperature=0)
     code = serve(session, small, source="x", step=0, lines=[*text, good], out=out)
     assert code == 0
     replies = [json.loads(line) for line in out.getvalue().splitlines()]

@@ -49,8 +49,8 @@ def test_k_bad_steps_in_a_row_make_a_run_unhealthy_and_a_good_step_resets_the_st
     for _ in range(3):
         guard.judge(math.inf, math.nan)
     assert guard.unhealthy
-    guard.forget_streak()
-    assert not guard.unhealthy and guard.rollbacks == 1
+    guard.rolled_back(0.5)
+    assert not guard.unhealthy and guard.rollbacks == 1 and guard.lr_scale == 0.5
 
 
 def test_the_guard_judges_the_same_after_a_state_dict_round_trip():

@@ -21,12 +21,13 @@ import pytest
 import torch
 from test_train import events, tiny_config
 
-from engine import checkpoint, config
-from engine import protocol as p
-from engine.errors import UsageError
+from engine import checkpoint
+from engine.contract import config
+from engine.contract import events as p
+from engine.contract.errors import UsageError
+from engine.contract.runlock import RunLocked
 from engine.files import remove_stale_temps
 from engine.model import GPT
-from engine.runlock import RunLocked
 from engine.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def kept_checkpoints_are_finite(cfg: config.Config) -> list[int]:
         assert all(
             torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
         )
-        steps.append(state["step"])
+        steps.append(state["progress"]["step"])
     return steps
 
 
@@ -69,6 +70,7 @@ class Records:
         pass
 
 
+@pytest.mark.slow
 def test_a_nan_on_a_step_that_is_not_logged_is_skipped_and_counted(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, train__max_steps=12, log__interval=10, checkpoint__interval=5)
     forward, calls = GPT.forward, {"n": 0}
@@ -93,6 +95,7 @@ def test_a_nan_on_a_step_that_is_not_logged_is_skipped_and_counted(tmp_path, mon
     survived()
 
 
+@pytest.mark.slow
 def test_a_learning_rate_that_blows_up_never_overwrites_the_good_checkpoints(tmp_path):
     cfg = tiny_config(
         tmp_path, train__max_steps=40, train__lr=1e4, train__min_lr=0.0, train__grad_clip=0.0,
@@ -120,6 +123,7 @@ def test_a_checkpoint_is_never_written_from_weights_that_are_not_finite(tmp_path
     survived()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_on_stop_says_so_in_one_line_and_keeps_its_checkpoints(tmp_path):
     cfg = tiny_config(
         tmp_path, train__max_steps=30, train__lr=1e4, train__grad_clip=0.0, train__min_lr=0.0,
@@ -155,6 +159,7 @@ def has_step(cfg: config.Config) -> bool:
     return path.exists() and b'"type": "step"' in path.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_live_run_refuses_a_second_writer_and_after_kill_9_resumes_and_cleans_up(tmp_path):
     cfg = tiny_config(tmp_path, train__max_steps=100_000, checkpoint__interval=2)
     first = start_headless(cfg, tmp_path)
@@ -176,7 +181,7 @@ def test_a_live_run_refuses_a_second_writer_and_after_kill_9_resumes_and_cleans_
     assert sum(isinstance(e, p.Start) for e in events(cfg)) == 1  # nothing interleaved
     # what a kill during a write leaves: a hidden temporary checkpoint of a dead process
     (saver.dir / f".step_99999999.pt.{first.pid}.tmp").write_bytes(b"\0" * 1000)
-    latest = checkpoint.load(saver.latest())["step"]
+    latest = checkpoint.load(saver.latest())["progress"]["step"]
     records = Records()
     cfg.train.max_steps = latest + 2
     state = train(cfg, resume="", console=records)
@@ -214,6 +219,7 @@ def test_kill_9_at_random_points_of_checkpoint_writes_leaves_every_checkpoint_lo
     print(f"\n8 kills, {leftovers} left a temporary file mid-write, all cleaned")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_checkpoints(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, train__max_steps=20, checkpoint__interval=5)
     save, calls = torch.save, {"n": 0}
@@ -236,6 +242,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_checkpoints(tmp_p
     survived()
 
 
+@pytest.mark.slow
 def test_a_signal_writes_the_checkpoint_before_anything_else(tmp_path):
     cfg = tiny_config(tmp_path, train__max_steps=1000, train__eval_interval=1000)
 
@@ -246,7 +253,7 @@ def test_a_signal_writes_the_checkpoint_before_anything_else(tmp_path):
     records = Records(on_event)
     inject()
     state = train(cfg, console=records)
-    assert state.stop == "signal"
+    assert isinstance(records.events[-1], p.Done) and records.events[-1].reason == "signal"
     after = [e for e in records.events if getattr(e, "step", 0) >= state.step]
     kinds = [type(e).__name__ for e in after if not isinstance(e, p.Log)]
     assert kinds == ["Step", "Checkpoint", "Done"]  # no eval, no samples before it
@@ -269,6 +276,7 @@ def test_zz_fault_counts(capsys):
         print(f"\nfaults injected {FAULTS['injected']}, survived {FAULTS['survived']}")
 
 
+@pytest.mark.slow
 def test_extending_a_run_lists_what_changed_and_what_the_schedule_does(tmp_path):
     cfg = tiny_config(tmp_path, train__max_steps=10, checkpoint__interval=5)
     train(cfg, quiet=True)
@@ -283,6 +291,7 @@ def test_extending_a_run_lists_what_changed_and_what_the_schedule_does(tmp_path)
     assert "cosine decay is re-planned to reach 0.0003 at step 20" in plan and "->" in plan
 
 
+@pytest.mark.slow
 def test_a_branch_starts_a_new_run_from_a_kept_step_and_leaves_the_source_untouched(tmp_path):
     from engine.train import main
 

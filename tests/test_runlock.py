@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from engine.contract.runlock import RunLock, RunLocked, holder
 from engine.files import pid_alive, remove_stale_temps
-from engine.runlock import RunLock, RunLocked, holder
 
 ROOT = Path(__file__).resolve().parent.parent
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from engine.runlock import RunLock
+    from engine.contract.runlock import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     sys.stdin.read()

@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from engine.errors import UsageError, environment_error
+from engine.contract.errors import UsageError, environment_error
 
 try:
     import fcntl
