@@ -435,13 +435,12 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
 
         await pilot.press("f5")
         bar = data.query_one("#data-progress")
-        await until(pilot, lambda: data.prepared, "the prepare to finish")
+        done = ("information", "The data is prepared; training will use the cached shards.")
+        # the note comes when the process has exited, after its data-ready record
+        await until(pilot, lambda: done in app.notes, "the prepare to finish")
+        assert data.prepared
         assert bar.percentage == 1.0 and data.progress[0] == data.progress[1] > 0
         assert (tmp_path / "cache").is_dir()
-        assert (
-            "information",
-            "The data is prepared; training will use the cached shards.",
-        ) in app.notes
 
     drive(test)
 
