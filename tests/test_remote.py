@@ -111,20 +111,20 @@ def test_the_studio_drives_a_run_pause_sample_save_resume_stop(tmp_path, studio)
         studio.until(of("step"))
 
         studio.send(p.encode(p.Pause()))
-        paused = studio.until(lambda m: m["type"] == "log" and "paused" in m["message"])
+        paused = studio.until(of("paused"))
         studio.send(b"this is not json\n" + b'{"type": "launch"}\n')  # survived, ignored
         studio.send(p.encode(p.SampleRequest(prompt="the ", max_tokens=12, id="q1")))
         sample = studio.until(of("sample", id="q1"))
         assert sample["prompt"] == "the " and isinstance(sample["text"], str)
         studio.send(p.encode(p.Save()))
         saved = studio.until(of("checkpoint"))
-        at = int(paused["message"].split()[-1])
+        at = paused["step"]
         assert saved["step"] == sample["step"] == at
         studio.drain(1.0)
         assert max(m["step"] for m in studio.messages if m["type"] == "step") <= at
 
         studio.send(p.encode(p.Resume()))
-        studio.until(lambda m: m["type"] == "log" and "resumed" in m["message"])
+        studio.until(of("resumed", step=at))
         studio.until(lambda m: m["type"] == "step" and m["step"] > at)
 
         studio.send(p.encode(p.Stop()))
