@@ -11,8 +11,10 @@ anywhere can never run code on the machine loading it. Format 2 (FORMAT_VERSION)
     progress        {"step", "tokens"}
     world_size      processes that wrote it
     ranks           one {"data": loader position, "rng": generators} per process
+    health          engine.health's guard: its recent losses and norms, skip and rollback
+                    counts, the learning-rate scale of rollbacks ({} or absent: start afresh)
 
-Format 1 (no format_version: every release before it) is read by upgrading it here, so
+No checkpoint is written from weights that are not finite (NonFiniteWeights). Format 1 (no format_version: every release before it) is read by upgrading it here, so
 `pack` and `read` are the only code that knows these keys' layout.
 """
 
