@@ -146,7 +146,7 @@ def answer(kind: str, text: str, files: dict[str, str], session, tmp_path) -> tu
         out = io.StringIO()
         small = Sampling(max_tokens=2, temperature=0)
         serve(session, small, source="x", step=0, lines=[line], out=out)
-        replies = [json.loads(r) for r in out.getvalue().splitlines()[1:]]
+        replies = [json.loads(r) for r in out.getvalue().split("\n")[1:] if r]
         errors = [r["message"] for r in replies if r["type"] == "error"]
         return (2, f"error: {errors[0]}\n") if len(replies) == 1 and errors else (0, "")
     raise AssertionError(f"unknown kind {kind!r} in the README table")

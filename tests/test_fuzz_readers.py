@@ -168,7 +168,7 @@ def feed_serve(session: ChatSession, batch: list[bytes]) -> None:
     small = Sampling(max_tokens=2, temperature=0)
     code = serve(session, small, source="x", step=0, lines=[*text, good], out=out)
     assert code == 0
-    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    replies = [json.loads(line) for line in out.getvalue().split("\n") if line]  # NDJSON: \n only
     answered = [r for r in replies if r["type"] in ("end", "error")]
     assert len(answered) == len(text) + 1
     assert replies[-1]["type"] == "end" and replies[-1]["id"] == "last"
