@@ -259,4 +259,12 @@ def serve(
             send(ChatError(err.id, str(err)))
         except UsageError as err:
             send(ChatError(rid, str(err)))
+        except Exception as err:  # one request that breaks generation must not end the server
+            first = (str(err) or type(err).__name__).splitlines()[0][:300]
+            print(
+                f"warning: request {rid!r} failed: {type(err).__name__}: {first}", file=sys.stderr
+            )
+            send(
+                ChatError(rid, f"this request could not be served ({type(err).__name__}: {first})")
+            )
     return 0

@@ -13,8 +13,10 @@ anywhere can never run code on the machine loading it. Format 2 (FORMAT_VERSION)
     ranks           one {"data": loader position, "rng": generators} per process
     lora            only for a LoRA run: {rank, alpha, dropout, targets, base}; "model" then
                     holds the adapters alone, and `base` is the frozen model they adapt
+    health          engine.health's guard: its recent losses and norms, skip and rollback
+                    counts, the learning-rate scale of rollbacks ({} or absent: start afresh)
 
-Format 1 (no format_version: every release before it) is read by upgrading it here, so
+No checkpoint is written from weights that are not finite (NonFiniteWeights). Format 1 (no format_version: every release before it) is read by upgrading it here, so
 `pack` and `read` are the only code that knows these keys' layout.
 """
 
@@ -29,9 +31,10 @@ from typing import Any
 import torch
 
 from engine.contract.config import ModelConfig
-from engine.contract.errors import UsageError
+from engine.contract.errors import UsageError, on_disk
 from engine.contract.rundir import RunDir
-from engine.files import atomic_write, fsync_dir
+from engine.files import atomic_write, fsync_dir, remove_stale_temps
+from engine.health import all_finite
 from engine.model import GPT
 
 FORMAT_VERSION = 2
@@ -54,7 +57,10 @@ class CheckpointManager:
 
         Returns the path and whether it became the best checkpoint.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not all_finite(state.get("model", {})):
+            raise NonFiniteWeights(step)
+        with on_disk(self.dir, "creating the checkpoint folder"):
+            self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{step:08d}.pt"
         atomic_save(state, path)
         is_best = False
@@ -74,6 +80,10 @@ class CheckpointManager:
         fsync_dir(self.dir)
         return path, is_best
 
+    def remove_stale(self) -> list[tuple[Path, int]]:
+        """Temporary files of writers killed mid-save; call with the run's lock held."""
+        return remove_stale_temps(self.dir)
+
     def step_files(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
@@ -92,6 +102,18 @@ class CheckpointManager:
         return float("inf") if best is None else best
 
 
+class NonFiniteWeights(UsageError):
+    """Weights holding NaN or infinity: never written over good checkpoints."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(
+            f"step {step}: the weights hold NaN or infinity, so no checkpoint was written (the "
+            "kept ones are from before); lower train.lr, raise train.warmup_steps or set "
+            "train.grad_clip, then --resume"
+        )
+        self.step = step
+
+
 def atomic_save(state: dict[str, Any], path: Path) -> None:
     """Temporary file, fsync, rename: a crash leaves the old file or the new one, never half."""
     atomic_write(path, lambda f: torch.save(state, f))
@@ -102,10 +124,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise UsageError(
+            f"{path}: is empty (0 bytes), so the write that made it never finished; "
+            "use an earlier checkpoint of the run"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        text = str(err)
+        text = str(err) or type(err).__name__
         if "Unsupported global" in text or "GLOBAL" in text:
             raise UsageError(
                 f"{path}: holds pickled Python objects, and loading it could run code; "
@@ -130,12 +157,14 @@ def pack(
     progress: dict[str, Any],
     ranks: list[dict[str, Any]],
     lora: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The payload the trainer's parts make, in the current format (see the module's doc)."""
+    """The payload the trainer's parts make, in the current format (see the module's doc).
+    `health` (engine.health) is optional: a checkpoint without it starts the guard afresh."""
     payload = {
         "format_version": FORMAT_VERSION, "config": config, "tokenizer": tokenizer,
         "model": model, "optimizer": optimizer, "progress": progress,
-        "world_size": len(ranks), "ranks": ranks,
+        "world_size": len(ranks), "ranks": ranks, "health": health or {},
     }  # fmt: skip
     if lora is not None:
         payload["lora"] = lora

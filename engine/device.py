@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -109,3 +110,16 @@ def configure_cuda() -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def memory_bytes(where: torch.device) -> int | None:
+    """How much memory training on `where` may use: a GPU's total, else the machine's RAM
+    (None where it cannot be told)."""
+    try:
+        if where.type == "cuda":
+            return torch.cuda.get_device_properties(where).total_memory
+        if where.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None

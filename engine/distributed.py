@@ -334,3 +334,8 @@ def by_name(state: dict, names: list[list[str]]) -> dict:
             {**g, "params": [flat[int(i)] for i in g["params"]]} for g in state["param_groups"]
         ],
     }
+
+
+def local_shard(value: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of a parameter: its shard under FSDP, the tensor itself otherwise."""
+    return value.to_local() if isinstance(value, DTensor) else value

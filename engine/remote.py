@@ -73,7 +73,8 @@ class StudioLink:
         self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX)
         self._inbox: queue.Queue[p.Command] = queue.Queue()
         self._lost = threading.Event()
-        self.dropped = 0
+        self.dropped = 0  # events not sent: the outbox was full
+        self.refused = 0  # lines from the studio that were not commands
         self._outbox.put(p.encode(p.Hello(token=token, pid=os.getpid())))
         self._sender = threading.Thread(target=self._send_loop, name="studio-send", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="studio-read", daemon=True)
@@ -115,10 +116,19 @@ class StudioLink:
                 self._lose()
                 return
             for line in lines.feed(data):
-                try:
-                    self._inbox.put(p.decode_command(line))
-                except framing.ProtocolError as err:
-                    print(f"warning: ignored a message from the studio: {err}", file=sys.stderr)
+                self._take(line)
+
+    def _take(self, line: bytes) -> None:
+        """Decode one line into the mailbox. Any failure drops the line with a logged warning
+        and the reader lives on: a dead reader would leave a paused run waiting forever."""
+        try:
+            command = p.decode_command(line)
+        except Exception as err:  # ProtocolError by contract; anything else is still one line
+            self.refused += 1
+            text = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            print(f"warning: ignored a message from the studio: {text}", file=sys.stderr)
+            return
+        self._inbox.put(command)
 
     def poll(self) -> list[p.Command]:
         """Every command received since the last call, in order."""

@@ -9,8 +9,8 @@ import argparse
 import os
 
 from engine.contract import config
-from engine.contract.errors import cli_entry
-from engine.trainer import train
+from engine.contract.errors import UsageError, cli_entry
+from engine.trainer import branch_source, train
 
 __all__ = ["main", "train"]
 
@@ -33,9 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the studio's socket (unix:PATH or tcp:127.0.0.1:PORT): send it every event and "
         "obey its pause, resume, stop, save and sample commands; without it the run is headless",
     )  # fmt: skip
+    parser.add_argument(
+        "--branch", metavar="RUN@STEP",
+        help="start a new run (give it --name=NEW) from RUN's kept checkpoint at STEP, or "
+        "RUN@latest / RUN@best, with its full state; RUN itself is left untouched",
+    )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     cfg = config.load(args.config, overrides)
-    state = train(cfg, resume=args.resume, report_to=args.report_to)
+    resume, branch = args.resume, args.branch is not None
+    if branch:
+        if resume is not None:
+            raise UsageError("--branch and --resume: give one (--branch starts a new run)")
+        resume = str(branch_source(args.branch, cfg))
+    state = train(cfg, resume=resume, report_to=args.report_to, branch=branch)
     return 0 if state.step > 0 or cfg.train.max_steps == 0 else 1
 
 

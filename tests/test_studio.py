@@ -259,6 +259,31 @@ def test_runs_pane_lists_a_run_shows_its_curves_and_resumes_it(tmp_path):
     drive(test, config=cfg)  # opened on the run's config, as `gpt-studio --config` would
 
 
+def test_a_run_training_elsewhere_is_shown_so_and_never_resumed_a_second_time(tmp_path):
+    from engine.contract.runlock import RunLock
+
+    cfg = tiny_config(tmp_path, train__max_steps=30)
+    run_dir = cfg.run_dir
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000010.pt").write_bytes(b"x")
+    start = p.Start(run="t", config={}, params=1, device="cpu", dtype="float32", max_steps=30,
+                    tokens_per_step=1)  # fmt: skip
+    (run_dir / "metrics.jsonl").write_bytes(p.encode(start))
+
+    async def test(app: RecordingApp, pilot: Pilot) -> None:
+        runs = app.runs_pane
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: runs.runs, "the run list")
+        assert runs.table.get_row_at(0)[4] == "training"
+        await pilot.press("r")
+        await until(pilot, lambda: app.notes, "a note")
+        assert "training elsewhere (process" in app.notes[-1][1]
+        assert app.train_pane.job is None  # no second writer was started
+
+    with RunLock(run_dir):  # a headless engine (here: this process) is writing the run
+        drive(test, config=cfg)
+
+
 def test_follow_shows_a_headless_run_from_its_growing_metrics(tmp_path):
     run_dir = tmp_path / "runs" / "server"
     run_dir.mkdir(parents=True)
@@ -345,13 +370,12 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
 
         await pilot.press("f5")
         bar = data.query_one("#data-progress")
-        await until(pilot, lambda: data.prepared, "the prepare to finish")
+        done = ("information", "The data is prepared; training will use the cached shards.")
+        # the note comes when the process has exited, after its data-ready record
+        await until(pilot, lambda: done in app.notes, "the prepare to finish")
+        assert data.prepared
         assert bar.percentage == 1.0 and data.progress[0] == data.progress[1] > 0
         assert (tmp_path / "cache").is_dir()
-        assert (
-            "information",
-            "The data is prepared; training will use the cached shards.",
-        ) in app.notes
 
     drive(test)
 

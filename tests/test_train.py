@@ -142,8 +142,9 @@ def test_checkpoints_hold_everything_needed_to_continue(tmp_path):
     assert state["format_version"] == checkpoint.FORMAT_VERSION
     assert set(state) == {
         "format_version", "config", "tokenizer", "model", "optimizer", "progress",
-        "world_size", "ranks",
+        "world_size", "ranks", "health",
     }  # fmt: skip
+    assert state["health"]["skipped"] == 0 and state["health"]["lr_scale"] == 1.0
     assert set(state["optimizer"]) == {"adamw", "scaler"} and state["world_size"] == 1
     assert set(state["ranks"][0]) == {"data", "rng"}
     assert state["progress"] == {

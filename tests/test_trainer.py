@@ -11,6 +11,7 @@ from test_train import tiny_config
 from engine import checkpoint, device, distributed
 from engine.contract.config import ModelConfig
 from engine.contract.errors import UsageError
+from engine.health import HealthGuard
 from engine.model import GPT
 from engine.train import train
 from engine.trainer.optim import ModelAndOptimizer
@@ -66,7 +67,7 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     one = _model_and_optimizer(0)
     batches = Batches()
     for _ in range(2):
-        one.step(batches, 1e-2, 1, 1.0)
+        one.step(batches, 1e-2, 1, 1.0, HealthGuard())
     saved = copy.deepcopy(one.state_dict())  # as a file would: no tensor shared with `one`
     two = _model_and_optimizer(1)  # different weights and an empty optimizer
     two.model.load_state_dict(saved["model"])  # weights go in before the model is wrapped
@@ -74,9 +75,9 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     again = Batches()
     again.gen.set_state(batches.gen.get_state())
     for _ in range(2):
-        a = one.step(batches, 1e-2, 1, 1.0)
-        b = two.step(again, 1e-2, 1, 1.0)
-        assert a.item() == b.item()
+        a, _ = one.step(batches, 1e-2, 1, 1.0, HealthGuard())
+        b, _ = two.step(again, 1e-2, 1, 1.0, HealthGuard())
+        assert a == b
     for x, y in zip(one.model.parameters(), two.model.parameters(), strict=True):
         assert torch.equal(x, y)
 

@@ -148,6 +148,13 @@ class TrainConfig:
     sample_tokens: int = 200
     seed: int = 1337
     init_from: str = ""  # a checkpoint to start from (fine-tuning)
+    # training-health guards (engine.health): a non-finite loss or gradient norm never updates
+    spike_z: float = 0.0  # also skip a step whose loss or grad norm has this z-score; 0: off
+    max_bad_steps: int = 5  # bad steps in a row before on_unhealthy; 0: never
+    on_unhealthy: str = "rollback"  # rollback (to the last checkpoint, lr x rollback_lr) | stop
+    rollback_lr: float = 0.5  # the factor a rollback multiplies the learning rate by
+    max_rollbacks: int = 3  # then stop
+    check_memory: bool = True  # refuse a run whose memory estimate exceeds the device's
 
 
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
@@ -212,6 +219,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
     "train.parallel": ("ddp", "fsdp"),
+    "train.on_unhealthy": ("rollback", "stop"),
 }
 POSITIVE = {
     "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
@@ -223,6 +231,7 @@ NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
     "data.num_workers", "lora.rank", "lora.alpha",
+    "train.spike_z", "train.max_bad_steps", "train.max_rollbacks",
 }  # fmt: skip
 FRACTIONS = {
     "model.dropout",
@@ -231,6 +240,8 @@ FRACTIONS = {
     "lora.dropout",
 }  # in [0, 1)
 BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
+UNIT_FRACTIONS = {"train.rollback_lr"}  # in (0, 1]
+MAX_INT = 2**63 - 1  # any whole-number setting: beyond this no file or tensor can follow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +265,10 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     cfg = from_dict(raw, origin=str(path))
     origins = apply_overrides(cfg, overrides)
     for where, value, allowed in _faults(cfg):
-        raise ConfigError.field(origins.get(where, str(path)), where, value, allowed)
+        # a rule across keys (warmup_steps exceeds max_steps) blames the override that broke it
+        blamed = [o for k, o in origins.items() if k != where and k in allowed]
+        origin = origins.get(where) or (blamed[0] if blamed else str(path))
+        raise ConfigError.field(origin, where, value, allowed)
     return cfg
 
 
@@ -323,6 +337,20 @@ def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
         else:
             _set(cfg, "", key, value, origin)
     return cfg
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every setting that differs between two `to_dict` configs."""
+    out = []
+    for section in sorted(set(before) | set(after)):
+        old, new = before.get(section), after.get(section)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    out.append((f"{section}.{key}", old.get(key), new.get(key)))
+        elif old != new:
+            out.append((section, old, new))
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> dict[str, str]:
@@ -444,9 +472,17 @@ def check(cfg: Config) -> dict[str, str]:
 
 def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
     """(field, value, what is allowed) for each fault: ranges, choices, rules across fields."""
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
-        yield "name", cfg.name, "must be a plain, non-empty folder name (no slashes)"
-    if not cfg.out_dir:
+    if (
+        not cfg.name
+        or any(c in cfg.name for c in "/\\") or cfg.name in (".", "..")
+        or any(ord(c) < 32 for c in cfg.name) or len(cfg.name.encode()) > 200
+    ):  # fmt: skip
+        yield (
+            "name",
+            cfg.name,
+            "must be a plain, non-empty folder name (no slashes or control characters, at most 200 bytes)",
+        )
+    if not cfg.out_dir or "\0" in cfg.out_dir:
         yield "out_dir", cfg.out_dir, "must be a folder path, e.g. 'runs'"
 
     for section in SECTIONS:
@@ -461,6 +497,12 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
                 yield where, value, "must be 0 or more"
             elif where in FRACTIONS | BETAS and not 0 <= value < 1:
                 yield where, value, "must be at least 0 and below 1"
+            elif where in UNIT_FRACTIONS and not 0 < value <= 1:
+                yield where, value, "must be above 0 and at most 1"
+            elif isinstance(value, float) and not math.isfinite(value):
+                yield where, value, "must be a finite number"
+            elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+                yield where, value, f"must be at most {MAX_INT:,} in size"
 
     m, t, tok = cfg.model, cfg.train, cfg.tokenizer
     bad = [x for x in cfg.lora.targets if x not in LORA_TARGETS]

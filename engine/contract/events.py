@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from engine.contract.framing import ProtocolError, dumps_line, loads_line
 from engine.contract.sampling import Sampling
+from engine.contract.sampling import faults as sampling_faults
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Step(Event):
     mem_gb: float  # peak GPU memory on CUDA, resident memory on CPU
     tokens: int = 0  # seen so far
     eta_s: float | None = None
+    skipped: int = 0  # updates the health guards skipped since the last step record
 
 
 @dataclass
@@ -269,9 +271,17 @@ def from_dict(record: dict[str, Any], kinds: dict[str, type[Message]] | None = N
                 raise ProtocolError(f"bad {kind!r} message: {f.name} = {record[f.name]!r}")
             values[f.name] = record[f.name]
     try:
-        return cls(**values)
+        message = cls(**values)
     except TypeError as err:
         raise ProtocolError(f"bad {kind!r} message: {err}") from None
+    if isinstance(message, SampleRequest):  # range-checked here, before it reaches a run
+        found = sampling_faults(
+            message.prompt, max_tokens=message.max_tokens, temperature=message.temperature,
+            top_k=message.top_k, top_p=message.top_p,
+        )  # fmt: skip
+        if found:
+            raise ProtocolError(f"bad 'sample' message: {'; '.join(found)}")
+    return message
 
 
 def encode(message: Message) -> bytes:
@@ -399,6 +409,13 @@ def parse_chat_request(line: str | bytes) -> ChatRequest:
     request = ChatRequest(**{k: v for k, v in record.items() if v is not None})
     if request.prompt is None and not request.reset:
         raise ChatRequestError("request needs a 'prompt' (or only \"reset\": true)", rid)
+    found = sampling_faults(
+        request.prompt, max_tokens=request.max_tokens, temperature=request.temperature,
+        top_k=request.top_k, top_p=request.top_p,
+        repetition_penalty=request.repetition_penalty, seed=request.seed,
+    )  # fmt: skip
+    if found:
+        raise ChatRequestError(f"request refused: {'; '.join(found)}", rid)
     return request
 
 

@@ -25,14 +25,64 @@ def _refuse_constant(name: str) -> Any:
     )
 
 
+MAX_DEPTH = 16  # of nested objects and lists: a config is 3 deep, nothing we write is deeper
+MAX_INT = 2**63 - 1  # every whole number we exchange (steps, seeds, counts) fits in int64
+
+
 def loads_line(line: bytes | str, what: str = "line") -> Any:
-    """One NDJSON line to its JSON value, refusing over-long lines, non-JSON and NaN/Infinity."""
+    """One NDJSON line to a JSON value any reader can use safely; anything else is a
+    ProtocolError, never another exception.
+
+    Refused: a line over the size limit, not JSON, NaN or Infinity, a number too large for a
+    float or an int64, nesting deeper than MAX_DEPTH, and text with a lone surrogate (which
+    would fail later, when the reader writes it out). Every reader of our lines decodes here:
+    the engine's command reader, the studio's event reader, the run-folder scanner, `--serve`.
+    """
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"{what} of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
     try:
-        return json.loads(line, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"{what} is not JSON: {err}") from None
+        value = json.loads(line, parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if "integer string conversion" in str(err):
+            raise ProtocolError(f"{what} holds a whole number outside the 64-bit range") from None
+        raise ProtocolError(f"{what} is not JSON: {str(err).splitlines()[0][:200]}") from None
+    _check_values(value, 0, what)
+    return value
+
+
+def _check_values(value: Any, depth: int, what: str) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"{what} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not -MAX_INT - 1 <= value <= MAX_INT:
+            raise ProtocolError(f"{what} holds a whole number outside the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError(f"{what} holds a number too large for a float")
+    elif isinstance(value, str):
+        _check_text(value, what)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, what)
+            _check_values(item, depth + 1, what)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1, what)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            f"{what} holds text with a lone surrogate (not valid Unicode)"
+        ) from None
 
 
 def dumps_line(record: dict[str, Any], default: Any = None) -> str:

@@ -15,6 +15,7 @@ checkpoints, which is exactly what starting over it would lose.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import events as p
+from engine.contract import runlock
 from engine.contract.config import ConfigError, load, to_dict
 from engine.contract.framing import LineBuffer, ProtocolError, finite_or_none, parse_address
 from engine.files import atomic_write_text
@@ -81,6 +83,15 @@ class RunDir:
     def is_run(self) -> bool:
         return bool(self.held())
 
+    @property
+    def lock(self) -> Path:
+        """Held by the one process writing this run (engine.contract.runlock)."""
+        return self.path / runlock.LOCK_NAME
+
+    def writer(self) -> int | None:
+        """The pid of the live process training this run now, or None."""
+        return runlock.holder(self.path)
+
     def step_files(self) -> list[Path]:
         """The step checkpoints, oldest first."""
         if not self.checkpoints.is_dir():
@@ -94,9 +105,10 @@ class RunDir:
         """best.json as {"step": int | None, "val_loss": float}, or None if absent or unreadable."""
         try:
             record = json.loads(self.best_json.read_text(encoding="utf-8"))
-            return {"step": record.get("step"), "val_loss": float(record["val_loss"])}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            loss = float(record["val_loss"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
+        return {"step": record.get("step"), "val_loss": loss} if math.isfinite(loss) else None
 
     def best_val_loss(self) -> float | None:
         best = self.read_best()
@@ -210,9 +222,10 @@ class RunInfo:
     max_steps: int
     best_val: float | None
     started: float | None  # epoch seconds of its first start event
-    state: str  # finished | stopped | failed | training | training? | interrupted | new
+    state: str  # training | finished | stopped | failed | training? | interrupted | new
     checkpoints: bool
     attachable: bool = False  # it trains now, with a control endpoint a studio can attach to
+    writer: int | None = None  # the live process holding the run's lock: it is training now
 
     @property
     def date(self) -> str:
@@ -225,8 +238,21 @@ def list_runs(out_dir: str | Path) -> list[RunInfo]:
     root = Path(out_dir)
     if not root.is_dir():
         return []
-    runs = [read_run(d) for d in root.iterdir() if d.is_dir() and RunDir(d).is_run()]
+    runs = []
+    try:
+        folders = [d for d in root.iterdir() if d.is_dir() and RunDir(d).is_run()]
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            runs.append(read_run(folder))
+        except Exception:  # one unreadable folder must not hide the others or stop the studio
+            runs.append(_unreadable(folder))
     return sorted(runs, key=lambda r: r.started or _mtime(r.path), reverse=True)
+
+
+def _unreadable(folder: Path) -> RunInfo:
+    return RunInfo(folder, folder.name, "-", 0, 0, None, None, "unreadable", False)
 
 
 def read_run(folder: str | Path) -> RunInfo:
@@ -241,7 +267,7 @@ def read_run(folder: str | Path) -> RunInfo:
     best = run.best_val_loss()
     if best is None and evals:
         best = min(evals)
-    attachable = run.attachable()
+    attachable, writer = run.attachable(), run.writer()
     return RunInfo(
         path=run.path,
         name=run.name,
@@ -250,9 +276,10 @@ def read_run(folder: str | Path) -> RunInfo:
         max_steps=last_start.max_steps if last_start else 0,
         best_val=best,
         started=start.time if start else None,
-        state="training" if attachable else _state(run, tail),
+        state="training" if attachable or writer is not None else _state(run, tail),
         checkpoints=run.has_checkpoints(),
         attachable=attachable,
+        writer=writer,
     )
 
 

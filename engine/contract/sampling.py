@@ -52,6 +52,8 @@ class Limit:
 
 
 MAX_TOKENS_LIMIT = 1 << 16
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+MAX_PROMPT_CHARS = 1_000_000
 
 LIMITS: dict[str, Limit] = {
     "max_tokens": Limit("max tokens", int, 1, MAX_TOKENS_LIMIT),
@@ -86,10 +88,13 @@ class Sampling:
                 raise UsageError(f"{limit.label} must be {accepted}, got {value!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise UsageError(f"stop strings must be non-empty text, got {list(self.stop)!r}")
+        low, high = SEED_RANGE
         if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not low <= self.seed <= high
         ):
-            raise UsageError(f"seed must be a whole number, got {self.seed!r}")
+            raise UsageError(f"seed must be a whole number from {low} to {high}, got {self.seed!r}")
         return self
 
     @classmethod
@@ -101,6 +106,27 @@ class Sampling:
         """A copy with `changes` (None keeps the current value), validated."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **changes).validated()
+
+
+def faults(prompt: Any = None, **settings: Any) -> list[str]:
+    """What is wrong with the settings given (None: not given), one phrase each: how a request
+    from outside (the studio's `sample`, a `--serve` line) is range-checked as it is decoded."""
+    out = []
+    for name, value in settings.items():
+        limit = LIMITS.get(name)
+        if value is None:
+            continue
+        if limit is not None and not limit.accepts(value):
+            out.append(
+                f"{name} must be {limit.describe().removeprefix('a number ')}, got {value!r}"
+            )
+        elif name == "seed" and not (
+            isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+        ):
+            out.append(f"seed must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
+        out.append(f"prompt of {len(prompt):,} characters is over {MAX_PROMPT_CHARS:,}")
+    return out
 
 
 DEFAULTS = Sampling()

@@ -95,6 +95,8 @@ class ShardLoader:
         self._total_windows = int(self._ends[-1])
         self._key = np.uint64((seed * 0x2545F4914F6CDD1D + _SPLIT_SALT[split]) % 2**64)
         self._offsets = np.arange(width, dtype=np.int64)
+        self.vocab = int(dataset.manifest.get("vocab_size") or 0)
+        self.where = dataset.dir
         self.row = 0  # the next global row: the loader's whole position
         if prefetch is None:
             prefetch = 2 if self.device.type == "cuda" else 0
@@ -126,6 +128,12 @@ class ShardLoader:
             if self.chat:
                 trained = self._masks[shard][start : start + width] & TRAINED
                 out[1, i] = np.where(trained, out[0, i], -1)
+        if self.vocab and int(out[0].max()) >= self.vocab:  # one pass over a small array
+            raise UsageError(
+                f"prepared data in {self.where} holds token id {int(out[0].max())}, but its "
+                f"tokenizer has {self.vocab}: a shard is damaged; delete that folder to prepare "
+                "it anew"
+            )
         batch = torch.from_numpy(out if self.chat else out[0])
         return batch.pin_memory() if self.device.type == "cuda" else batch
 

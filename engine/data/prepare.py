@@ -23,8 +23,9 @@ from typing import Any
 
 from engine.chat_template import with_chat
 from engine.contract import events as p
-from engine.contract.errors import UsageError
+from engine.contract.errors import UsageError, on_disk
 from engine.data import shards, sources, tokens
+from engine.files import remove_stale_temps
 from engine.tokenizer import Tokenizer, from_spec
 
 Emit = Callable[[p.Event], None]
@@ -106,8 +107,12 @@ def _write(
     total = sum(u.size for u in units)
     typecode = tokens.typecode(tokenizer.vocab_size)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    for path, size in remove_stale_temps(folder.parent):  # a prepare killed before it finished
+        emit(p.Log(f"removed {path} ({size:,} bytes), left by a data preparation that was "
+                   "killed before it finished"))  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with on_disk(tmp, "creating the dataset folder (data.cache_dir)"):
+        tmp.mkdir(parents=True)
     started = time.perf_counter()
     writers = {split: shards.ShardWriter(tmp, split, typecode) for split in shards.SPLITS}
     masks = {s: shards.ShardWriter(tmp, s, "B", shards.MASK) for s in shards.SPLITS if source.chat}

@@ -77,7 +77,13 @@ class Dataset:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             return None
         data = cls(folder, manifest)
-        data.check()
+        try:
+            data.check()
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UsageError(
+                f"prepared data {path} is damaged (bad or missing {err}); delete {folder} to "
+                "prepare it anew"
+            ) from None
         return data
 
     @property

@@ -282,6 +282,11 @@ def _resolve_files(source: str, text_column: str, include: str, names: Names) ->
                 f"{names.source}: folder {path} has no files matching "
                 + _include_hint(path, include, names.include)
             )
+    elif path.exists():  # /dev/zero, a FIFO, a socket: reading it would never end or block
+        raise UsageError(
+            f"{names.source}: {spec} is not a regular file or folder (a device, pipe or socket); "
+            "give a .txt, .jsonl or .parquet file, or a folder of them"
+        )
     elif any(c in spec for c in _GLOB_CHARS):
         paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not paths:

@@ -8,6 +8,8 @@
     checkpointing      engine.checkpoint      the one writer and reader of the payload
     RNG state          trainer.rng            every generator a step touches
     progress           trainer.progress       step and tokens
+    health             engine.health          which updates to skip; rollbacks and their LR
+    run lock           contract.runlock       one writer per run folder, held for the run
 
 Each part that holds state has state_dict()/load_state_dict(); `Trainer.save` makes the
 checkpoint from them and `Trainer.restore` gives each its own back.
@@ -15,19 +17,25 @@ checkpoint from them and `Trainer.restore` gives each its own back.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from engine import checkpoint, data, device, distributed, lora, metrics, precision, remote
 from engine.chat_template import END, is_chat, render
 from engine.contract import config, sizing
 from engine.contract import events as p
 from engine.contract.config import Config
-from engine.contract.errors import UsageError
+from engine.contract.errors import UsageError, on_disk
+from engine.contract.render import human
 from engine.contract.rundir import RunDir
+from engine.contract.runlock import RunLock
 from engine.generate import generate
+from engine.health import HealthGuard, Verdict
 from engine.model import GPT
-from engine.schedule import lr_at
+from engine.schedule import describe_change, lr_at
 from engine.tokenizer import Tokenizer, from_spec
 from engine.trainer.control import RunControl
 from engine.trainer.optim import ModelAndOptimizer
@@ -46,12 +54,14 @@ def train(
     quiet: bool = False,
     until: int | None = None,
     report_to: str | None = None,
+    branch: bool = False,
 ) -> Progress:
     """Train per `cfg`; returns the final progress. `resume` is "" for the run's latest checkpoint.
 
     `until` stops after that step as a stop request would — checkpoint, then `done` — while the
     schedule still runs to `train.max_steps`, so a later `--resume` continues the same run.
     `report_to` is the studio's address: events go there too, and its commands are obeyed.
+    `branch` makes `resume` (a checkpoint of another run) the start of a new run folder.
     """
     metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
     calibrate = precision.training_calibration(cfg.model, cfg.train.batch_size)
@@ -62,17 +72,23 @@ def train(
         if console is None and not quiet and main:
             console = metrics.console_for()
         early = metrics.Reporter([s for s in (console, link) if s is not None and main])
+        # one writer per run folder, from before the first byte is written to the end
+        lock = RunLock(cfg.run_dir)
         try:
-            trainer = Trainer(cfg, group, early, link, resume)
+            if main:
+                lock.acquire()
+            trainer = Trainer(cfg, group, early, link, resume, branch)
         except BaseException as err:
             if link is not None:  # the console hears it from the command line's error line
                 link.write(p.Error(message=str(err) if isinstance(err, UsageError) else repr(err)))
             early.close()
+            lock.release()
             raise
         try:
             trainer.fit(until)
         finally:
             trainer.close()
+            lock.release()
     return trainer.progress
 
 
@@ -86,20 +102,34 @@ class Trainer:
         early: metrics.Reporter,
         link: remote.StudioLink | None,
         resume: str | None = None,
+        branch: bool = False,
     ) -> None:
-        """Data, tokenizer, model, optimizer and loaders, restored from a checkpoint if resuming."""
+        """Data, tokenizer, model, optimizer and loaders, restored from a checkpoint if resuming.
+
+        Nothing is written to the run folder (its lock aside) until the run is known to fit."""
         run_dir = cfg.run_dir
-        if resume is None and group.is_main:
+        if (resume is None or branch) and group.is_main:
             _refuse_to_overwrite(run_dir)
         runtime = group.runtime
         device.configure_cuda()
         seed_everything(cfg.train.seed)
 
         self.notes: list[str] = []  # warnings from building, said after the start event
+        self.saver = checkpoint.CheckpointManager(
+            run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
+        )
+        if group.is_main:  # we hold the run's lock: its temporary files are dead writers'
+            for path, size in self.saver.remove_stale():
+                self.notes.append(
+                    f"removed {path.name} ({human(size, 'B')}), left by a writer that was "
+                    "killed mid-save"
+                )
         restored = _load_resume(cfg, resume) if resume is not None else None
         # weights to fine-tune: a checkpoint, a run directory, or hf:PATH (a Hugging Face folder)
         base = checkpoint.load_weights(cfg.train.init_from) if cfg.train.init_from else None
         source = restored or base
+        if source is None:  # a first answer before preparing data: the shape is the config's
+            check_memory(cfg, runtime, group.world_size)
         tokenizer = from_spec(source["tokenizer"]) if source else None
         prepared, tokenizer = _prepare_data(cfg, tokenizer, early, group)
         if source:  # a checkpoint fixes the architecture
@@ -123,7 +153,15 @@ class Trainer:
         else:
             model_cfg = sizing.resolve_model(cfg, tokenizer.vocab_size)
         cfg.model = model_cfg
+        if restored and branch:
+            self.notes.append(
+                f"branched from {resume} at step {restored['progress']['step']}; that run is "
+                "unchanged"
+            )
+        if restored:
+            self.notes += _changes_since(restored, cfg)
         _check_prompts(cfg, tokenizer)
+        check_memory(cfg, runtime, group.world_size, tokenizer.vocab_size)
 
         model = GPT(model_cfg)  # on the CPU, the same on every rank; Parallel places it
         self.lora: dict[str, Any] | None = None
@@ -148,31 +186,37 @@ class Trainer:
         )
         self.rng = RngState(runtime.device)
         self.progress = Progress()
+        self.health = HealthGuard(t.spike_z, max_bad_steps=t.max_bad_steps)
         if restored:
             self.restore(restored)
         del source, restored, base
 
         self.reporter = metrics.Reporter([])  # the other ranks report nothing
         if group.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(cfg, run_dir / "config.toml", overwrite=True)
-            self.reporter = metrics.open_sinks(cfg, early.sinks)
+            with on_disk(run_dir, "writing the run folder"):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                config.save(cfg, run_dir / "config.toml", overwrite=True)
+                self.reporter = metrics.open_sinks(cfg, early.sinks)
         # any studio of ours may attach from now on (rank 0 listens; see engine.remote)
         self.endpoint = remote.open_control(run_dir) if group.is_main else None
         if self.endpoint is not None:
             self.reporter.sinks.append(self.endpoint)
-        self.saver = checkpoint.CheckpointManager(
-            run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best
-        )
         commands = remote.Commands(link, self.endpoint) if link or self.endpoint else None
         self.control = RunControl(commands, group, self.reporter)
 
     # --- the parts' state ------------------------------------------------------------------
 
-    def save(self, val_loss: float | None = None) -> None:
+    def save(self, val_loss: float | None = None) -> bool:
         """Every rank takes part: the weights and optimizer state as one process would hold
-        them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes."""
+        them (gathered under FSDP), and each rank's data position and RNG; rank 0 writes.
+
+        Weights holding NaN or infinity on any rank are never written: the kept checkpoints
+        stay the good ones. Returns whether a checkpoint was written.
+        """
         step = self.progress.step
+        if not self.optim.weights_finite():
+            self.reporter.emit(p.Log(str(checkpoint.NonFiniteWeights(step)), level="warning"))
+            return False
         model_and_optimizer = self.optim.state_dict()
         ranks = self.group.gather(
             {"data": self.train_loader.state_dict(), "rng": self.rng.state_dict()}
@@ -182,12 +226,14 @@ class Trainer:
                 config=config.to_dict(self.cfg), tokenizer=self.tokenizer.spec(),
                 model=model_and_optimizer["model"], optimizer=model_and_optimizer["optimizer"],
                 progress=self.progress.state_dict(), ranks=ranks, lora=self.lora,
+                health=self.health.state_dict(),
             )  # fmt: skip
             path, best = self.saver.save(payload, step, val_loss)
             self.reporter.emit(
                 p.Checkpoint(step=step, path=str(path), best=best, val_loss=val_loss)
             )
         self.group.wait_for_main()
+        return True
 
     def restore(self, state: dict[str, Any]) -> None:
         """Each part's own state back from a checkpoint (`checkpoint.load`'s current format)."""
@@ -202,6 +248,7 @@ class Trainer:
         if mine["rng"] is not None:
             self.rng.load_state_dict(mine["rng"])
         self.progress.load_state_dict(state["progress"])
+        self.health.load_state_dict(state.get("health") or {})
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -216,10 +263,19 @@ class Trainer:
         try:
             with control.signals(at_once=world == 1):
                 while progress.step < t.max_steps and not control.stop:
-                    lr = lr_at(progress.step, t)
-                    meter.add(self.optim.step(self.train_loader, lr, t.grad_accum, t.grad_clip))
+                    lr = lr_at(progress.step, t) * self.health.lr_scale
+                    loss, verdict = self.optim.step(
+                        self.train_loader, lr, t.grad_accum, t.grad_clip, self.health
+                    )
                     progress.step += 1
                     progress.tokens += tokens_per_step
+                    meter.add(loss, verdict.ok)
+                    if not verdict.ok:
+                        self._report_skip(verdict)
+                        if self.health.unhealthy:
+                            self.recover()  # back to the last good checkpoint, or Diverged
+                            meter.restart()
+                            continue
                     if until is not None and progress.step >= until and not control.stop:
                         control.stop = "stopped"
                     self.obey(control.agree())  # pause, stop, save or sample, on every rank
@@ -259,29 +315,76 @@ class Trainer:
             ))  # fmt: skip
 
     def _between_steps(self, meter: StepMeter, lr: float, last: bool) -> None:
-        """Log, evaluate, sample and save as their intervals say; then hold if paused."""
+        """Log, evaluate, sample and save as their intervals say; then hold if paused.
+
+        A signal is a request to be gone: its checkpoint comes right after the step's record,
+        and no evaluation or sample delays it."""
         cfg, t, step = self.cfg, self.cfg.train, self.progress.step
-        if step % cfg.log.interval == 0 or last:
-            # the one sync per interval; the mean over all ranks' micro-batches
-            mean_loss = self.group.mean(meter.window_loss()).item() / meter.window_steps
+        signalled = self.control.stop == "signal"
+        if (step % cfg.log.interval == 0 or last) and meter.has_loss:
             record = meter.record(
-                step, self.progress.tokens, lr, float(self.optim.last_norm), mean_loss,
-                t.max_steps, self.runtime,
+                step, self.progress.tokens, lr, float(self.optim.last_norm), t.max_steps,
+                self.runtime,
             )  # fmt: skip
-            self.progress.losses.append(mean_loss)
+            self.progress.losses.append(record.loss)
             self.reporter.emit(record)
+        if signalled:
+            self.save()
+            return
         val_loss = None
         if self.val_loader is not None and (step % t.eval_interval == 0 or last):
             val_loss = evaluate(self.model, self.val_loader, t.eval_steps, self.runtime)
-            self.reporter.emit(eval_event(step, val_loss))
+            if math.isfinite(val_loss):
+                self.reporter.emit(eval_event(step, val_loss))
+            else:
+                self.reporter.emit(p.Log(
+                    f"step {step}: the validation loss is {val_loss}; not recorded",
+                    level="warning",
+                ))  # fmt: skip
+                val_loss = None
         if (step % t.sample_interval == 0 or last) and t.sample_prompts:
             self.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + step)
-        if step % cfg.checkpoint.interval == 0 or last:
-            self.save(val_loss)
+        if (step % cfg.checkpoint.interval == 0 or last) and not self.save(val_loss) and last:
+            raise Diverged(step, "the weights are not finite")
         if self.control.paused:  # after this step's records, so they show where it paused
             self.hold()
             if self.control.stop and not last:
                 self.save()  # stopped while paused: the step is kept
+
+    def _report_skip(self, verdict: Verdict) -> None:
+        z = f", z-score {verdict.z:.1f}" if verdict.z else ""
+        self.reporter.emit(p.Log(
+            f"step {self.progress.step}: update skipped ({verdict.reason}{z}); "
+            f"{self.health.bad_in_a_row} bad step(s) in a row", level="warning",
+        ))  # fmt: skip
+
+    def recover(self) -> None:
+        """After `train.max_bad_steps` bad steps in a row: back to the last good checkpoint with
+        a lower learning rate, or stop with a message (train.on_unhealthy, max_rollbacks)."""
+        t, health, step = self.cfg.train, self.health, self.progress.step
+        why = f"{health.bad_in_a_row} bad steps in a row by step {step}"
+        if t.on_unhealthy == "stop":
+            raise Diverged(step, why)
+        if health.rollbacks >= t.max_rollbacks:
+            raise Diverged(step, f"{why}, after {health.rollbacks} rollback(s)")
+        if self.optim.parallel.kind == "fsdp":
+            raise Diverged(step, f"{why} (rolling back is not supported under FSDP)")
+        found = self.saver.latest() if self.group.is_main else None
+        latest = self.group.broadcast(str(found) if found else "")
+        if not latest:
+            raise Diverged(step, f"{why}, and no checkpoint yet to roll back to")
+        restored = checkpoint.load(latest, map_location="cpu")
+        with torch.no_grad():
+            self.model.load_state_dict(restored["model"])
+        kept = health.state_dict()  # the guard's history and counts carry on, not the file's
+        self.restore(restored)
+        health.load_state_dict(kept)
+        health.rolled_back(t.rollback_lr)
+        self.reporter.emit(p.Log(
+            f"{why}: rolled back to step {self.progress.step} ({Path(latest).name}) with the "
+            f"learning rate x{health.lr_scale:g}; rollback {health.rollbacks} of "
+            f"{t.max_rollbacks}", level="warning",
+        ))  # fmt: skip
 
     def obey(self, commands: list[p.Command]) -> None:
         """Carry out the studio's commands between two steps, on every rank alike."""
@@ -327,6 +430,9 @@ class Trainer:
             )  # fmt: skip
         except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
             self.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
+        except Exception as err:  # a sample is never worth the run (out of memory, say)
+            text = (str(err) or type(err).__name__).splitlines()[0][:300]
+            self.reporter.emit(p.Log(f"sample {request.id}: failed: {text}", level="warning"))
 
     def close(self) -> None:
         self.reporter.close()
@@ -422,3 +528,78 @@ def _check_prompts(cfg: Config, tokenizer: Tokenizer) -> None:
             tokenizer.encode(prompt)
         except UsageError as err:
             raise UsageError(f"train.sample_prompts: {prompt!r}: {err}") from None
+
+
+def check_memory(
+    cfg: Config, runtime: device.Runtime, world_size: int, vocab: int | None = None
+) -> None:
+    """Refuse, before allocating anything, a run whose own memory estimate exceeds what the
+    device has; `train.check_memory = false` lets someone who knows better try anyway."""
+    if not cfg.train.check_memory:
+        return
+    have = device.memory_bytes(runtime.device)
+    need = sizing.memory_estimate(cfg, vocab, world_size)
+    if have is None or need["total"] <= have:
+        return
+    parts = ", ".join(f"{k} {human(v, 'B')}" for k, v in need.items() if k != "total" and v)
+    raise UsageError(
+        f"this run needs about {human(need['total'], 'B')} per device by its estimate ({parts}), "
+        f"but {runtime.device} has {human(have, 'B')}; lower model.n_layer, model.n_embd or "
+        "train.batch_size (raise train.grad_accum to keep the batch), or set "
+        "--train.check_memory=false to try anyway"
+    )
+
+
+SCHEDULE_KEYS = ("max_steps", "lr", "min_lr", "lr_schedule", "warmup_steps", "decay_fraction")
+
+
+def _changes_since(restored: dict[str, Any], cfg: Config) -> list[str]:
+    """What a resumed (or branched) run does differently from its checkpoint, said at start:
+    every changed setting, and what a changed schedule does to the learning rate."""
+    saved = restored.get("config")
+    if not isinstance(saved, dict):
+        return []
+    changed = [
+        (k, old, new)
+        for k, old, new in config.differences(saved, config.to_dict(cfg))
+        if k not in ("name", "out_dir") and not k.startswith("model.") and old is not None
+    ]
+    if not changed:
+        return []
+    notes = [
+        "settings changed since the checkpoint: "
+        + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+    ]
+    if any(k in {f"train.{s}" for s in SCHEDULE_KEYS} for k, _, _ in changed):
+        try:
+            before = config.from_dict(saved, origin="the checkpoint's config").train
+        except UsageError:
+            return notes
+        notes.append(describe_change(int(restored["progress"]["step"]), before, cfg.train))
+    return notes
+
+
+def branch_source(spec: str, cfg: Config) -> Path:
+    """The checkpoint `RUN@STEP` names: RUN a run folder (or a run name under out_dir), STEP a
+    kept step, `latest` or `best`."""
+    run, at, step = spec.rpartition("@")
+    if not at or not run or not step:
+        raise UsageError(f"--branch {spec!r}: expected RUN@STEP, e.g. --branch tiny@2000")
+    folder = Path(run) if Path(run).is_dir() else Path(cfg.out_dir) / run
+    if not folder.is_dir():
+        raise UsageError(f"--branch {spec!r}: no run folder {run} (nor {folder})")
+    if folder.resolve() == cfg.run_dir.resolve():
+        raise UsageError(
+            f"--branch {spec!r}: the branch needs a folder of its own; add --name=NEW_NAME"
+        )
+    saver = checkpoint.CheckpointManager(folder)
+    found = {"latest": saver.latest(), "best": saver.best()}.get(step)
+    if found is None and step.isdigit():
+        found = next((f for f in saver.step_files() if int(f.stem[5:]) == int(step)), None)
+    if found is None:
+        kept = ", ".join(str(int(f.stem[5:])) for f in saver.step_files()) or "none"
+        raise UsageError(
+            f"--branch {spec!r}: {folder} keeps no checkpoint at {step}; kept steps: {kept} "
+            "(or latest, best)"
+        )
+    return found

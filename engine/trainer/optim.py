@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from engine import device, distributed
+from engine.health import HealthGuard, Verdict, all_finite
 from engine.lora import adapter_state
 from engine.model import GPT
 
@@ -34,8 +35,17 @@ class ModelAndOptimizer:
         self.step_fn = torch.compile(parallel.module) if compile else parallel.module
         self.last_norm: torch.Tensor | float = 0.0  # of the latest step, before clipping
 
-    def step(self, loader: Any, lr: float, grad_accum: int, grad_clip: float) -> torch.Tensor:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss, unsynced."""
+    def step(
+        self, loader: Any, lr: float, grad_accum: int, grad_clip: float, guard: HealthGuard
+    ) -> tuple[float, Verdict]:
+        """One optimizer step over `grad_accum` micro-batches, applied only if `guard` passes
+        it; returns the mean loss over all ranks and the verdict.
+
+        The loss is read back every step (one small sync) because an update must be judged
+        before it is applied: a NaN on a step that is not logged would otherwise reach the
+        weights. The gradient norm is global after the all-reduce and the loss is the mean over
+        ranks, so every rank reaches the same verdict.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.runtime.device)
@@ -50,11 +60,25 @@ class ModelAndOptimizer:
         norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), grad_clip if grad_clip > 0 else math.inf, foreach=True
         )
-        self.scaler.step(self.optimizer)
+        loss = float(self.parallel.group.mean(loss_sum).item())
+        grad_norm = float(distributed.local(norm))
+        if self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(grad_norm):
+            verdict = Verdict()  # fp16 overflow: the scaler skips this step and lowers its scale
+        else:
+            verdict = guard.judge(loss, grad_norm)
+        if verdict.ok:
+            self.scaler.step(self.optimizer)
+            if math.isfinite(grad_norm):
+                self.last_norm = grad_norm
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_norm = distributed.local(norm)
-        return loss_sum
+        return loss, verdict
+
+    def weights_finite(self) -> bool:
+        """Whether every rank's weights (its shards, under FSDP) are all finite."""
+        local = [distributed.local_shard(w) for w in self.model.parameters()]
+        flag = torch.tensor(float(all_finite(local)), device=self.runtime.device)
+        return bool(self.parallel.group.mean(flag).item() == 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank must call this under FSDP (it gathers the shards); rank 0 gets the state."""

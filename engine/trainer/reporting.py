@@ -15,17 +15,17 @@ from engine.model import GPT
 
 
 class Diverged(Exception):
-    def __init__(self, step: int, loss: float) -> None:
+    def __init__(self, step: int, what: str) -> None:
         super().__init__(
-            f"loss became {loss} by step {step}; lower train.lr, raise train.warmup_steps "
-            "or set train.grad_clip"
+            f"training diverged: {what}; the kept checkpoints are from before. Lower train.lr, "
+            "raise train.warmup_steps or set train.grad_clip, then --resume"
         )
         self.step = step
 
 
 class StepMeter:
-    """Sums the loss of the steps since the last record and times them, leaving out the time
-    spent on evaluation, samples and saves between steps."""
+    """Sums the loss of the applied steps since the last record, counts the skipped ones, and
+    times them all, leaving out the time spent on evaluation, samples and saves between steps."""
 
     def __init__(self, tokens_per_step: int, flops_per_step: float, peak: float | None) -> None:
         self.tokens_per_step = tokens_per_step
@@ -33,34 +33,45 @@ class StepMeter:
         self.peak = peak
         self.started = time.perf_counter()
         self.window_start, self.window_steps = self.started, 0
-        self.loss_sum: torch.Tensor | None = None
+        self.loss_sum, self.good, self.skipped = 0.0, 0, 0
         self.extras_start = self.started
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+    def add(self, loss: float, applied: bool) -> None:
+        if applied:
+            self.loss_sum, self.good = self.loss_sum + loss, self.good + 1
+        else:
+            self.skipped += 1
         self.window_steps += 1
         self.extras_start = time.perf_counter()
 
+    @property
+    def has_loss(self) -> bool:
+        """Whether any step since the last record was applied (else there is no loss to say)."""
+        return self.good > 0
+
+    def restart(self) -> None:
+        """Forget the window (after a rollback: its steps were undone)."""
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.loss_sum, self.good, self.skipped = 0.0, 0, 0
+
     def record(
-        self, step: int, tokens: int, lr: float, grad_norm: float, mean_loss: float,
-        max_steps: int, runtime: device.Runtime,
+        self, step: int, tokens: int, lr: float, grad_norm: float, max_steps: int,
+        runtime: device.Runtime,
     ) -> p.Step:  # fmt: skip
-        """The step record for the window, which it then closes; raises Diverged on a NaN."""
-        if not math.isfinite(mean_loss):
-            raise Diverged(step, mean_loss)
+        """The step record for the window (the mean loss of its applied steps, the count of
+        skipped ones), which it then closes."""
+        mean_loss = self.loss_sum / self.good
         step_s = (self.extras_start - self.window_start) / self.window_steps
-        self.loss_sum = None
-        self.window_steps, self.window_start = 0, self.extras_start
-        return p.Step(
+        record = p.Step(
             step=step, loss=mean_loss, lr=lr, grad_norm=grad_norm,
             tokens_per_s=self.tokens_per_step / step_s, step_ms=1000 * step_s,
             mfu=self.flops_per_step / step_s / self.peak if self.peak else None,
             mem_gb=runtime.memory_gb(), tokens=tokens, eta_s=(max_steps - step) * step_s,
+            skipped=self.skipped,
         )  # fmt: skip
-
-    def window_loss(self) -> torch.Tensor:
-        assert self.loss_sum is not None
-        return self.loss_sum
+        self.loss_sum, self.good, self.skipped = 0.0, 0, 0
+        self.window_steps, self.window_start = 0, self.extras_start
+        return record
 
     def end_extras(self) -> None:
         """Time since the step ended was not step time."""

@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
 from engine.contract.render import shown_path
-from engine.contract.rundir import RunCurves, RunInfo, list_runs, read_curves
+from engine.contract.rundir import RunCurves, RunDir, RunInfo, list_runs, read_curves
 from studio.jobs import MetricsFollower
 from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
 from studio.widgets.charts import RunCharts
@@ -238,6 +238,13 @@ class RunsPane(Vertical):
             self.notify(
                 f"{run.name} has no checkpoint to continue from.", severity="error", markup=False
             )
+            return
+        writer = RunDir(run.path).writer()  # now, not when the list was read
+        if writer is not None:  # resuming would make a second writer of one run
+            self.notify(
+                f"{run.name} is training elsewhere (process {writer}); press a to attach to "
+                "it instead.", severity="warning", markup=False,
+            )  # fmt: skip
             return
         self.post_message(ResumeRun(run.path))
 
