@@ -28,6 +28,7 @@ from engine.model import GPT
 from engine.remote import StudioLink
 from engine.tokenizer import CharTokenizer
 from studio.link import EngineLink
+from studio.messages import EngineNote, RunEvents
 
 KINDS = [*p.EVENTS, *p.COMMANDS, "hello", "", "ready", "token", "end"]
 SENT = {"engine": 0, "studio": 0, "scanner": 0, "serve": 0}  # lines sent, reported at the end
@@ -115,13 +116,27 @@ def feed_engine_reader(link: StudioLink, conn: socket.socket, batch: list[bytes]
     SENT["engine"] += len(batch)
 
 
+class Collect:
+    """Stands in for the pane an EngineLink posts to: keeps its events and notes."""
+
+    def __init__(self, events: list, notes: list) -> None:
+        self.events, self.notes = events, notes
+
+    def post_message(self, message) -> bool:
+        if isinstance(message, RunEvents):
+            self.events.extend(message.events)
+        elif isinstance(message, EngineNote):
+            self.notes.append(message.text)
+        return True
+
+
 def feed_studio_reader(batch: list[bytes]) -> None:
     """The studio's event reader: the connection lives, a later event arrives, and nothing
     non-finite reaches the panes."""
 
     async def run() -> None:
         events, notes = [], []
-        link = EngineLink(events.append, notes.append)
+        link = EngineLink(Collect(events, notes))
         await link.open()
         _, where = framing.parse_address(link.address)
         _, writer = await asyncio.open_unix_connection(where)

@@ -167,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoint.load_weights(args.source)
     model = checkpoint.build_model(state, device)
     rows = 1 if prompts is None else min(len(prompts) * args.num_samples, args.batch_size)
-    print(for_sampling(model, rows, args.dtype, args.quantize), file=sys.stderr)
+    note = for_sampling(model, rows, args.dtype, args.quantize)
     tokenizer = from_spec(state["tokenizer"])
+    for prompt in prompts or ():  # a prompt the tokenizer cannot encode is the one line said
+        tokenizer.encode(prompt)
+    print(note, file=sys.stderr)
     session = chat.ChatSession(model, tokenizer, system=args.system)
     if args.system and not session.templated:
         raise UsageError("--system needs a chat-tuned model; this one continues text")
