@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import checkpoint, config, data, device, distributed, metrics, remote
+from engine import checkpoint, config, data, device, distributed, metrics, optim, remote
 from engine import protocol as p
 from engine.config import Config
 from engine.errors import UsageError, cli_entry
 from engine.generate import generate
 from engine.model import GPT
-from engine.schedule import lr_at
 from engine.tokenizer import Tokenizer, from_spec
 
 
@@ -190,7 +189,7 @@ def build(
     t = cfg.train
     group.seed(t.seed)
     parallel = distributed.Parallel(model, group, t.parallel)
-    optimizer = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
+    optimizer = optim.build(model, t)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     train_loader, val_loader = data.make_loaders(
         cfg, prepared, tokenizer, runtime.device, group.rank, group.world_size
@@ -287,8 +286,8 @@ def loop(run: Run, until: int | None = None) -> None:
     try:
         with _stop_on_signals(state, at_once=world == 1):
             while state.step < t.max_steps and not state.stop:
-                lr = lr_at(state.step, t)
-                loss_sum += train_step(run, lr)
+                lr = optim.set_step(run.optimizer, state.step, t)
+                loss_sum += train_step(run)
                 state.step += 1
                 state.tokens += tokens_per_step
                 window_steps += 1
@@ -337,11 +336,10 @@ def loop(run: Run, until: int | None = None) -> None:
         raise
 
 
-def train_step(run: Run, lr: float) -> torch.Tensor:
-    """One optimizer step over `grad_accum` micro-batches; returns the mean loss, unsynced."""
+def train_step(run: Run) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches, at the learning rates optim.set_step
+    gave the groups; returns the mean loss, unsynced."""
     t = run.cfg.train
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
     loss_sum = torch.zeros((), device=run.runtime.device)
     for micro in range(t.grad_accum):
         x, y = run.train_loader.next()
