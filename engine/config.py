@@ -579,7 +579,8 @@ def memory_estimate(
     """Training memory in bytes on one device, by part, for a first answer to "will it fit".
 
     Weights, gradients and AdamW's two moments are fp32 (4 bytes each, 16 per parameter), and
-    AdamW keeps a 4-byte step count per tensor. With `world_size` processes, DDP (the default
+    AdamW keeps a 4-byte step count per tensor; with train.optimizer = "muon" the blocks'
+    matrices keep one momentum buffer (4 bytes) and no step count instead. With `world_size` processes, DDP (the default
     `parallel`: `cfg.train.parallel`) keeps all of that on every GPU; FSDP keeps a 1/world_size
     piece of each tensor (cut along its first dimension into equal, padded pieces, as
     `fully_shard` does), plus the weights it gathers while computing: the root's (embeddings,
@@ -591,7 +592,10 @@ def memory_estimate(
     vocab = vocab_size(cfg, tokenizer_vocab)
     shapes = param_shapes(m, vocab)
     n = sum(math.prod(s) for s in shapes.values())
-    steps = 4.0 * len(shapes)  # AdamW's step count: one float32 scalar per tensor, never sharded
+    # Muon's matrices keep one moment, not two, and no step count (see engine.optim)
+    muon = {k for k, s in shapes.items() if t.optimizer == "muon" and k.startswith("blocks.")
+            and len(s) == 2}  # fmt: skip
+    steps = 4.0 * (len(shapes) - len(muon))  # AdamW's step count: one float32 per tensor
     half = _half_precision(t)
     if world_size > 1 and (parallel or t.parallel) == "fsdp":
         local = sum(-(-s[0] // world_size) * math.prod(s[1:]) for s in shapes.values())
@@ -600,10 +604,13 @@ def memory_estimate(
         out = {
             "params": 4.0 * local + (root + 2 * block) * (2 if half else 4),
             "grads": 4.0 * local + 4.0 * max(root, block),
-            "optimizer": 8.0 * local + steps,
+            "optimizer": 8.0 * local
+            - 4.0 * sum(-(-shapes[k][0] // world_size) * shapes[k][1] for k in muon)
+            + steps,
         }
     else:
-        out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": 8.0 * n + steps}
+        moments = 8.0 * n - 4.0 * sum(math.prod(shapes[k]) for k in muon)
+        out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": moments + steps}
     out["activations"] = activation_bytes(m, vocab, t.batch_size, half)
     out["total"] = sum(out.values())
     return out

@@ -154,7 +154,7 @@ def _width(name: str, cfg: ModelConfig) -> int:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Weights, model config and tokenizer of a Hugging Face GPT-2 or Llama directory."""
+    """Weights, model config and tokenizer of a Hugging Face GPT-2, Llama or Qwen3 directory."""
     d = Path(path)
     if not d.is_dir():
         raise UsageError(f"hf:{path}: not a directory; give a Hugging Face model folder")

@@ -375,3 +375,12 @@ def test_train_init_from_hf_fine_tunes_the_imported_weights(tmp_path, bpe):
     assert saved["tokenizer"] == checkpoint.load_weights(f"hf:{tmp_path / 'gpt2'}")["tokenizer"]
     log = (cfg.run_dir / "metrics.jsonl").read_text()
     assert "model shape from hf:" in log  # the config asked for another shape: said, not silent
+
+
+def test_every_preset_exports_and_the_recipe_ones_as_qwen3():
+    from engine.config import load_preset, presets
+
+    formats = {name: export.layout(load_preset(name).model) for name in presets()}
+    assert formats == {
+        "tiny": "qwen3", "mini": "qwen3", "medium": "qwen3", "large": "qwen3", "gpt2": "gpt2"
+    }  # fmt: skip

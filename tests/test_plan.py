@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import config
+from engine import config, optim
 from engine.model import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,11 +19,16 @@ LLAMA_STYLE = dataclasses.replace(
     GPT2_STYLE, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, tie_embeddings=False
 )
 WIDE_VOCAB = dataclasses.replace(GPT2_STYLE, n_embd=64, n_head=4, vocab_size=512, bias=True)
+RECIPE_STYLE = dataclasses.replace(LLAMA_STYLE, qk_norm=True, norm_affine=False, zero_init=True)
 
 
-def run_config(model: config.ModelConfig, batch_size: int = 8) -> config.Config:
+def run_config(
+    model: config.ModelConfig, batch_size: int = 8, optimizer: str = "adamw"
+) -> config.Config:
     cfg = config.Config(model=model)
-    cfg.train = config.TrainConfig(device="cpu", dtype="float32", batch_size=batch_size)
+    cfg.train = config.TrainConfig(
+        device="cpu", dtype="float32", batch_size=batch_size, optimizer=optimizer
+    )
     return cfg
 
 
@@ -56,21 +61,24 @@ def measured_activations(model: GPT, batch_size: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "model_cfg", [GPT2_STYLE, LLAMA_STYLE, WIDE_VOCAB], ids=["gpt2", "llama", "wide"]
+    ("model_cfg", "optimizer"),
+    [(GPT2_STYLE, "adamw"), (LLAMA_STYLE, "adamw"), (WIDE_VOCAB, "adamw"), (RECIPE_STYLE, "muon")],
+    ids=["gpt2", "llama", "wide", "recipe-muon"],
 )
-def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg):
+def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg, optimizer):
     torch.manual_seed(0)
     model = GPT(model_cfg)
-    estimate = config.memory_estimate(run_config(model_cfg))
+    cfg = run_config(model_cfg, optimizer=optimizer)
+    estimate = config.memory_estimate(cfg)
     params = list(model.parameters())
     assert estimate["params"] == sum(p.nbytes for p in params)
 
-    optimizer = model.optimizer(lr=1e-3, weight_decay=0.1)
+    optimizer = optim.build(model, cfg.train)
     activations = measured_activations(model, batch_size=8)
     optimizer.step()
     assert estimate["grads"] == sum(p.grad.nbytes for p in params)
     held = sum(v.nbytes for s in optimizer.state.values() for v in s.values())
-    assert estimate["optimizer"] == held  # two moments per weight, a step count per tensor
+    assert estimate["optimizer"] == held  # AdamW: two moments and a step count; Muon: one moment
     assert estimate["activations"] == pytest.approx(activations, rel=0.25)
 
 
