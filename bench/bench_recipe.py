@@ -205,7 +205,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--variant", action="append", default=[], help="NAME='--k=v ...'")
     parser.add_argument("--no-recipe", action="store_true", help="only classic and variants")
-    parser.add_argument("--steps", type=int, default=0, help="prose: classic's steps (0: preset)")
+    parser.add_argument("--steps", type=int, default=0, help="classic's steps (0: its config's)")
+    parser.add_argument("--recipe-steps", type=int, default=0, help="shakespeare: the recipe's")
     parser.add_argument("--prompt", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -215,19 +216,25 @@ def main() -> None:
             parser.error("shakespeare needs the text file, e.g. ../shared/data/tinyshakespeare.txt")
         corpus = Corpus(Path(args.data).read_text(encoding="utf-8"))
         base = ROOT / "bench" / "shakespeare_char.toml"
-        plans = [("classic", config.load(base))]
+        # a shorter budget keeps nanoGPT's warmup share (100 of 2000 steps)
+        short = [f"--train.max_steps={args.steps}",
+                 f"--train.warmup_steps={max(1, args.steps // 20)}"] if args.steps else []  # fmt: skip
+        mine = [f"--train.max_steps={args.recipe_steps}"] if args.recipe_steps else []
+        plans = [("classic", config.load(base, short))]
         if not args.no_recipe:
-            plans.append(("recipe", config.load(base, shlex.split(RECIPE))))
+            plans.append(("recipe", config.load(base, shlex.split(RECIPE) + mine)))
         for v in args.variant:
             name, _, overrides = v.partition("=")
-            plans.append((name, config.load(base, shlex.split(RECIPE + " " + overrides))))
+            plans.append((name, config.load(base, shlex.split(RECIPE + " " + overrides) + mine)))
         report(run_all(plans, corpus, args), "loss", lambda v: v)
         return
 
     corpus = Corpus(builtin.prose().decode("utf-8"))
     args.prompt = args.prompt or "The "
     tiny = ROOT / "presets" / "tiny.toml"
-    steps = [f"--train.max_steps={args.steps}"] if args.steps else []
+    # a shorter budget keeps the preset's warmup share (100 of 2500 steps)
+    steps = [f"--train.max_steps={args.steps}",
+             f"--train.warmup_steps={max(1, args.steps // 25)}"] if args.steps else []  # fmt: skip
     classic_cfg = config.load(tiny, shlex.split(CLASSIC) + steps)
     recipe_cfg = config.load(tiny)
     # equal wall time: the recipe gets the steps that fit in the classic run's time
@@ -237,6 +244,7 @@ def main() -> None:
     recipe_cfg.train.max_steps = recipe_steps
     print(f"probe: classic {timing['classic']:.1f} ms/step, recipe {timing['recipe']:.1f} "
           f"ms/step -> recipe gets {recipe_steps} steps")  # fmt: skip
+    args.eval_every = 10**9  # equal wall time needs only the final figures
     results = run_all([("classic", classic_cfg), ("recipe", recipe_cfg)], corpus, args)
     bpb = lambda v: v / math.log(2) * corpus.bytes_per_token  # noqa: E731
     report(results, "bits/byte", bpb)
