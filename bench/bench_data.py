@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine import config, data  # noqa: E402
+from engine import data  # noqa: E402
+from engine.contract import config, sizing  # noqa: E402
 from engine.data.loaders import ShardLoader  # noqa: E402
 from engine.model import GPT  # noqa: E402
 from engine.tokenizer import TiktokenTokenizer  # noqa: E402
@@ -80,7 +81,7 @@ def loader_vs_model(folder: Path, cache: Path, batches: int = 200, steps: int = 
     loader_rate = batches / (time.perf_counter() - start)
 
     torch.manual_seed(0)
-    model = GPT(config.resolve_model(cfg, prepared.tokenizer.vocab_size))
+    model = GPT(sizing.resolve_model(cfg, prepared.tokenizer.vocab_size))
     opt = model.optimizer(lr=t.lr, weight_decay=t.weight_decay)
 
     def step() -> None:

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 import torch
 
-from engine.config import ModelConfig
+from engine.contract.config import ModelConfig
+from engine.contract.sampling import Sampling
 from engine.export import write_model
-from engine.generate import Sampling, decode, decoding_layout
+from engine.generate import decode, decoding_layout
 from engine.model import GPT
 
 GPT2_124M = ModelConfig(
@@ -73,7 +74,7 @@ def cache_vs_recompute(model: GPT, context: int, steps: int = 8) -> tuple[float,
 
 def ours(model: GPT, prompt: torch.Tensor, new_tokens: int) -> list[list[int]]:
     rows = [[] for _ in range(prompt.size(0))]
-    for token in decode(model, prompt.tolist(), Sampling(max_new_tokens=new_tokens, temperature=0)):
+    for token in decode(model, prompt.tolist(), Sampling(max_tokens=new_tokens, temperature=0)):
         for row, t in zip(rows, token.tolist(), strict=True):
             row.append(t)
     return rows
@@ -84,7 +85,7 @@ def theirs(hf_model, prompt: torch.Tensor, new_tokens: int) -> list[list[int]]:
     out = hf_model.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
-        max_new_tokens=new_tokens,
+        max_tokens=new_tokens,
         min_new_tokens=new_tokens,  # no early end: the same work as ours
         do_sample=False,
         pad_token_id=0,

@@ -37,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import config, optim  # noqa: E402
+from engine import optim  # noqa: E402
+from engine.contract import config, sizing  # noqa: E402
 from engine.data import builtin  # noqa: E402
 from engine.model import GPT  # noqa: E402
 
@@ -119,7 +120,7 @@ def train(
     `late` of the run, every fifth of those before."""
     t, block = cfg.train, cfg.model.block_size
     torch.manual_seed(t.seed)
-    model = GPT(config.resolve_model(cfg, len(corpus.itos)))
+    model = GPT(sizing.resolve_model(cfg, len(corpus.itos)))
     opt = optim.build(model, t)
     batches = torch.Generator().manual_seed(t.seed)
     out = Result(name)

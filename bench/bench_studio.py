@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = str(ROOT)  # engine subprocesses import this checkout
 
-from engine import protocol as p  # noqa: E402
-from engine.config import Config, load_preset, save  # noqa: E402
+from engine.contract import events as p  # noqa: E402
+from engine.contract.config import Config, load_preset, save  # noqa: E402
+from engine.contract.rundir import MetricsTail  # noqa: E402
 from studio.app import StudioApp  # noqa: E402
 from studio.panes.chat import ChatPane  # noqa: E402
 from studio.panes.train import IDLE, TrainPane  # noqa: E402
-from studio.rundir import MetricsTail  # noqa: E402
 
 FAKE_ENGINE = ROOT / "tests" / "fake_engine.py"
 SIZE = (120, 40)

@@ -24,8 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import config, data, metrics  # noqa: E402
-from engine import protocol as p  # noqa: E402
+from engine import data, metrics  # noqa: E402
+from engine.contract import config, sizing  # noqa: E402
+from engine.contract import events as p  # noqa: E402
 from engine.model import GPT  # noqa: E402
 from engine.schedule import lr_at  # noqa: E402
 from engine.train import train  # noqa: E402
@@ -36,7 +37,7 @@ WARMUP = 20  # steps left out of both timings: the allocator and kernels warm up
 def plain_loop(cfg: config.Config, prepared: data.Prepared, steps: int) -> float:
     """tokens/s of the reference: batch, forward, backward, clip, step. Nothing else."""
     torch.manual_seed(cfg.train.seed)
-    model = GPT(config.resolve_model(cfg, prepared.tokenizer.vocab_size))
+    model = GPT(sizing.resolve_model(cfg, prepared.tokenizer.vocab_size))
     t = cfg.train
     opt = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
     loader = data.ShardLoader(prepared.dataset, "train", batch_size=t.batch_size,

@@ -19,7 +19,7 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = str(ROOT)  # the engine subprocesses run this checkout
 
-from engine.config import load_preset  # noqa: E402
+from engine.contract.config import load_preset  # noqa: E402
 from studio.app import StudioApp  # noqa: E402
 from studio.panes.chat import LIVE, ChatPane  # noqa: E402
 from studio.panes.dataset import DatasetPane  # noqa: E402

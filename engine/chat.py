@@ -12,9 +12,18 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
-from engine.chat_protocol import End, Error, Ready, Reply, RequestError, Token, parse_request
-from engine.errors import UsageError
-from engine.generate import Completion, Sampling, Stream
+from engine.contract.errors import UsageError
+from engine.contract.events import (
+    ChatEnd,
+    ChatError,
+    ChatReady,
+    ChatReply,
+    ChatRequestError,
+    ChatToken,
+    parse_chat_request,
+)
+from engine.contract.sampling import Sampling
+from engine.generate import Completion, Stream
 from engine.model import GPT
 from engine.tokenizer import Tokenizer
 
@@ -51,7 +60,7 @@ class ChatSession:
 
 HELP = """\
   /temp X       temperature, 0 for greedy         now {temperature:g}
-  /tokens N     tokens per reply                  now {max_new_tokens}
+  /tokens N     tokens per reply                  now {max_tokens}
   /topk K       sample from the K likeliest, 0 off  now {top_k}
   /topp P       nucleus mass in (0, 1], 1 off     now {top_p:g}
   /chat on|off  keep the conversation in context  now {chat}
@@ -60,7 +69,7 @@ HELP = """\
 """
 SETTINGS = {
     "/temp": ("temperature", float),
-    "/tokens": ("max_new_tokens", int),
+    "/tokens": ("max_tokens", int),
     "/topk": ("top_k", int),
     "/topp": ("top_p", float),
 }
@@ -153,48 +162,38 @@ def serve(
     lines: Iterable[str] = sys.stdin,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Answer one JSON request per line until the input ends (engine.chat_protocol).
+    """Answer one JSON request per line until the input ends (the chat messages of engine.contract.events).
 
     A bad request gets an error reply and the loop goes on; `sampling` holds the defaults a
     request does not set.
     """
 
-    def send(reply: Reply) -> None:
+    def send(reply: ChatReply) -> None:
         out.write(reply.to_json() + "\n")
         out.flush()
 
     model = session.model
-    send(Ready(source, step, model.num_params(), model.cfg.block_size))
+    send(ChatReady(source, step, model.num_params(), model.cfg.block_size))
     for line in lines:
         if not line.strip():
             continue
         rid = None
         try:
-            request = parse_request(line)
+            request = parse_chat_request(line)
             rid = request.id
             if request.reset:
                 session.reset()
             if request.prompt is None:
-                send(End(rid, 0, 0.0, False))
+                send(ChatEnd(rid, 0, 0.0, False))
                 continue
-            asked = {
-                "max_new_tokens": request.max_tokens,
-                "temperature": request.temperature,
-                "top_k": request.top_k,
-                "top_p": request.top_p,
-                "repetition_penalty": request.repetition_penalty,
-                "seed": request.seed,
-            }
-            settings = dataclasses.replace(
-                sampling, **{k: v for k, v in asked.items() if v is not None}
-            )
+            settings = request.sampling(sampling)
             for piece in session.reply(request.prompt, settings, request.chat):
-                send(Token(rid, piece))
+                send(ChatToken(rid, piece))
             done = session.last
             assert done is not None
-            send(End(rid, done.tokens, round(session.tokens_per_s, 2), done.truncated_prompt))
-        except RequestError as err:
-            send(Error(err.id, str(err)))
+            send(ChatEnd(rid, done.tokens, round(session.tokens_per_s, 2), done.truncated_prompt))
+        except ChatRequestError as err:
+            send(ChatError(err.id, str(err)))
         except UsageError as err:
-            send(Error(rid, str(err)))
+            send(ChatError(rid, str(err)))
     return 0

@@ -1,13 +1,23 @@
-"""Checkpoints: atomic saves, the last N and the best by validation loss, safe loads.
+"""Checkpoints: the one writer and reader of the payload, atomic saves, rotation, safe loads.
 
-A checkpoint is a dict of tensors and plain Python values (model and optimizer state, step,
-RNG states, data-loader position, config, tokenizer spec) saved with `torch.save`. It is loaded
-with `weights_only=True`, so a file from anywhere can never run code on the machine loading it.
+A checkpoint is the dict of the trainer's parts' state_dicts beside what the run is (config,
+tokenizer spec), saved with `torch.save` and loaded with `weights_only=True`, so a file from
+anywhere can never run code on the machine loading it. Format 2 (FORMAT_VERSION):
+
+    format_version  2
+    config          the run's config as a dict;  tokenizer: its spec
+    model           the GPT's weights, as one process holds them
+    optimizer       {"adamw": AdamW state by parameter index, "scaler": GradScaler state}
+    progress        {"step", "tokens"}
+    world_size      processes that wrote it
+    ranks           one {"data": loader position, "rng": generators} per process
+
+Format 1 (no format_version: every release before it) is read by upgrading it here, so
+`pack` and `read` are the only code that knows these keys' layout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -16,11 +26,13 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import UsageError
-from engine.files import atomic_write, atomic_write_text, fsync_dir
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
+from engine.contract.rundir import RunDir
+from engine.files import atomic_write, fsync_dir
 from engine.model import GPT
 
+FORMAT_VERSION = 2
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 BEST = "best.pt"
 
@@ -53,9 +65,7 @@ class CheckpointManager:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, tmp)
             os.replace(tmp, self.dir / BEST)
-            atomic_write_text(
-                self.dir / "best.json", json.dumps({"step": step, "val_loss": val_loss})
-            )
+            RunDir(self.dir.parent).write_best(step, val_loss)
             is_best = True
         for old in self.step_files()[: -self.keep_last]:
             old.unlink(missing_ok=True)
@@ -76,10 +86,8 @@ class CheckpointManager:
         return path if path.is_file() else None
 
     def best_val_loss(self) -> float:
-        try:
-            return float(json.loads((self.dir / "best.json").read_text())["val_loss"])
-        except (OSError, ValueError, KeyError):
-            return float("inf")
+        best = RunDir(self.dir.parent).best_val_loss()
+        return float("inf") if best is None else best
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -108,7 +116,62 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UsageError(f"{path}: not a gpt-studio checkpoint (no model weights and config)")
-    return state
+    return read(state, path)
+
+
+def pack(
+    *,
+    config: dict[str, Any],
+    tokenizer: dict[str, Any],
+    model: dict[str, Any],
+    optimizer: dict[str, Any],
+    progress: dict[str, Any],
+    ranks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The payload the trainer's parts make, in the current format (see the module's doc)."""
+    return {
+        "format_version": FORMAT_VERSION, "config": config, "tokenizer": tokenizer,
+        "model": model, "optimizer": optimizer, "progress": progress,
+        "world_size": len(ranks), "ranks": ranks,
+    }  # fmt: skip
+
+
+def read(state: dict[str, Any], source: str | Path = "checkpoint") -> dict[str, Any]:
+    """A loaded payload in the current format: format 1 upgraded, a newer one refused."""
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise UsageError(
+            f"{source}: checkpoint format_version {version!r} is not one this gpt-studio reads "
+            f"(1 to {FORMAT_VERSION}); load it with the release that wrote it"
+        )
+    if version == FORMAT_VERSION:
+        return state
+    # format 1: flat keys, and "ranks" of {"loader", "rng"} only when several processes wrote it
+    ranks = state.get("ranks") or [{"loader": state.get("loader"), "rng": state.get("rng")}]
+    optimizer = None  # a weights-only file continues nothing, but its weights still load
+    if "optimizer" in state:
+        optimizer = {"adamw": state["optimizer"], "scaler": state.get("scaler")}
+    return {
+        "format_version": FORMAT_VERSION, "config": state["config"],
+        "tokenizer": state.get("tokenizer"), "model": state["model"],
+        "optimizer": optimizer,
+        "progress": {"step": state.get("step", 0), "tokens": state.get("tokens", 0)},
+        "world_size": state.get("world_size", len(ranks)),
+        "ranks": [{"data": r["loader"], "rng": r["rng"]} for r in ranks],
+    }  # fmt: skip
+
+
+def rank_part(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """This process's data position and RNG state, from a checkpoint of any number of processes.
+
+    A prepared-shards position is one global row, the same on every rank, so it fits any
+    number; a streaming one belongs to its rank, and its loader refuses a different number.
+    A rank the checkpoint did not have keeps its fresh seed ("rng" None).
+    """
+    ranks = state["ranks"]
+    data = ranks[rank if len(ranks) == world_size else 0]["data"]
+    rng = ranks[rank]["rng"] if rank < len(ranks) else None
+    return {"data": data, "rng": rng}
 
 
 def resolve(path: str | Path) -> Path:
@@ -145,7 +208,7 @@ def load_weights(source: str | Path) -> dict[str, Any]:
         raise UsageError(
             f"{path}: not a gpt-studio checkpoint (needs a model config and a tokenizer spec)"
         )
-    state.setdefault("step", 0)
+    state["step"] = int(state["progress"]["step"])
     state["source"] = str(path)
     # a torch.compile'd model saves its weights under this prefix
     state["model"] = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}

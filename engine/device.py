@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import UsageError
+from engine.contract.config import auto_device
+from engine.contract.errors import UsageError
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, by a substring of the device name: the
 # denominator of MFU. A device not listed reports MFU as unknown rather than a guess.
@@ -60,15 +61,20 @@ class Runtime:
         return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # bytes vs KiB
 
 
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def auto() -> str:
+    """What `auto` means on this machine: the rule is engine.contract.config.auto_device."""
+    return auto_device(torch.cuda.is_available(), mps_available())
+
+
 def pick(device: str = "auto", dtype: str = "auto") -> Runtime:
     """Resolve train.device and train.dtype against what this machine has."""
     if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
+        device = auto()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"train.device = {device!r}, but no CUDA GPU is visible; use auto or cpu")

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from engine.contract.errors import UsageError
 from engine.device import Runtime
-from engine.errors import UsageError
 from engine.model import GPT
 
 # Rank 0 may prepare a large corpus for hours, or write a large checkpoint, while the others wait

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import UsageError
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
 from engine.model import GPT
 from engine.tokenizer import EOT, BPETokenizer
 

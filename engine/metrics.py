@@ -1,6 +1,6 @@
 """Where a run's events go: metrics.jsonl always, the console, samples.txt, and optional sinks.
 
-Every sink receives the same `engine.protocol` event objects, so the JSONL file, the console and
+Every sink receives the same `engine.contract.events` objects, so the JSONL file, the console and
 the studio's socket can never disagree about what happened.
 """
 
@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import protocol as p
-from engine.config import Config, duration, human, to_dict
-from engine.errors import UsageError
+from engine.contract import events as p
+from engine.contract.config import Config, to_dict
+from engine.contract.errors import UsageError
+from engine.contract.render import Rates, event_line, progress_line, sample_text
 
 
 class Sink(Protocol):
@@ -64,9 +65,7 @@ class SamplesSink:
 
     def write(self, event: p.Event) -> None:
         if isinstance(event, p.Sample):
-            self.file.write(
-                f"--- step {event.step} | {event.prompt!r}\n{event.prompt}{event.text}\n\n"
-            )
+            self.file.write(f"--- step {event.step} | {event.prompt!r}\n{sample_text(event)}\n\n")
             self.file.flush()
 
     def close(self) -> None:
@@ -110,7 +109,7 @@ class TensorBoardSink:
             self.writer.add_scalar("val/loss", event.val_loss, event.step)
             self.writer.add_scalar("val/ppl", event.ppl, event.step)
         elif isinstance(event, p.Sample):
-            self.writer.add_text("sample", f"{event.prompt}{event.text}", event.step)
+            self.writer.add_text("sample", sample_text(event), event.step)
 
     def close(self) -> None:
         self.writer.close()
@@ -167,70 +166,6 @@ def read_events(path: str | Path) -> list[p.Event]:
     """Every event in a metrics.jsonl, skipping a torn last line from a run still writing."""
     with open(path, encoding="utf-8") as f:
         return p.decode_events(f)
-
-
-def step_line(e: p.Step, max_steps: int) -> str:
-    mfu = f"{100 * e.mfu:4.1f}%" if e.mfu is not None else "  - "
-    return (
-        f"step {e.step:>{len(str(max_steps))}}/{max_steps} | loss {e.loss:.4f} | lr {e.lr:.2e} | "
-        f"{e.tokens_per_s / 1000:7.1f}K tok/s | {e.step_ms:6.1f} ms | mfu {mfu} | "
-        f"mem {e.mem_gb:.2f} GB | eta {duration(e.eta_s)}"
-    )
-
-
-def event_line(event: p.Event, max_steps: int) -> str | None:
-    """The one readable line an event gets on the console (None: it is shown another way)."""
-    if isinstance(event, p.Step):
-        return step_line(event, max_steps)
-    if isinstance(event, p.Eval):
-        return f"eval step {event.step}: val loss {event.val_loss:.4f}, ppl {event.ppl:.2f}"
-    if isinstance(event, p.Sample):
-        return f"sample at step {event.step}:\n{event.prompt}{event.text}\n"
-    if isinstance(event, p.Checkpoint):
-        best = " (best)" if event.best else ""
-        return f"saved {event.path}{best}"
-    if isinstance(event, p.Start):
-        resumed = f", resuming after step {event.resumed_from}" if event.resumed_from else ""
-        return (
-            f"run {event.run}: {event.params / 1e6:.2f}M parameters on {event.device} "
-            f"({event.dtype}), {event.tokens_per_step} tokens per step x {event.max_steps} "
-            f"steps, world size {event.world_size}{resumed}"
-        )
-    if isinstance(event, p.Done):
-        return f"done at step {event.step} ({event.reason}) after {duration(event.elapsed_s)}"
-    if isinstance(event, p.Error):
-        return f"error: {event.message}"
-    if isinstance(event, p.Log):
-        return event.message if event.level == "info" else f"{event.level}: {event.message}"
-    return None
-
-
-class Rates:
-    """Speed and time left of a Progress task, measured from its first event."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, tuple[float, float, int]] = {}
-
-    def describe(self, e: p.Progress) -> tuple[str, float | None]:
-        first = self.first.setdefault(e.task, (e.time, e.done, e.tokens or 0))
-        elapsed = e.time - first[0]
-        if elapsed <= 0:
-            return "", None
-        rate = (e.done - first[1]) / elapsed
-        parts = [f"{human(rate, e.unit)}/s" if e.unit else f"{rate:.3g}/s"]
-        if e.tokens is not None:
-            parts.append(f"{human((e.tokens - first[2]) / elapsed)} tok/s")
-        eta = (e.total - e.done) / rate if e.total and rate > 0 else None
-        return " · ".join(parts), eta
-
-
-def progress_line(e: p.Progress, rates: Rates) -> str:
-    speed, eta = rates.describe(e)
-    amount = f"{human(e.done, e.unit)}"
-    if e.total:
-        amount = f"{100 * e.done / e.total:3.0f}% of {human(e.total, e.unit)}"
-    tokens = f", {human(e.tokens)} tokens" if e.tokens is not None else ""
-    return f"{e.task}: {amount}{tokens}" + (f", {speed}, eta {duration(eta)}" if speed else "")
 
 
 class PlainConsole:

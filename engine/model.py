@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from engine.config import ModelConfig, flops_per_token
+from engine.contract.config import ModelConfig
+from engine.contract.sizing import flops_per_token
 
 
 def make_norm(cfg: ModelConfig, width: int | None = None) -> nn.Module:
@@ -189,7 +190,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("GPT needs a resolved vocab_size; see engine.config.resolve_model()")
+            raise ValueError(
+                "GPT needs a resolved vocab_size; see engine.contract.sizing.resolve_model()"
+            )
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
@@ -325,7 +328,7 @@ class GPT(nn.Module):
     ) -> torch.optim.AdamW:
         """GPT-2's AdamW over this model (engine.optim.build for every optimizer and group)."""
         from engine import optim
-        from engine.config import TrainConfig
+        from engine.contract.config import TrainConfig
 
         t = TrainConfig(lr=lr, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1])
         return optim.build(self, t, fused=fused)

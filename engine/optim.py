@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from engine.config import TrainConfig
+from engine.contract.config import TrainConfig
 from engine.schedule import lr_at
 
 MOMENTUM_START = 0.85  # Muon's momentum at step 0 when it warms up (modded-nanogpt, nanochat)

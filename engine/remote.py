@@ -15,8 +15,9 @@ import socket
 import sys
 import threading
 
-from engine import protocol as p
-from engine.errors import UsageError
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.errors import UsageError
 
 CONNECT_TIMEOUT_S = 10.0
 OUTBOX = 10_000  # events held for a studio that reads slowly; beyond that they are dropped
@@ -27,8 +28,8 @@ class StudioLink:
 
     def __init__(self, address: str, token: str = "") -> None:
         try:
-            kind, where = p.parse_address(address)
-        except p.ProtocolError as err:
+            kind, where = framing.parse_address(address)
+        except framing.ProtocolError as err:
             raise UsageError(f"--report-to: {err}") from None
         family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -78,7 +79,7 @@ class StudioLink:
     # --- in -------------------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         while True:
             try:
                 data = self.sock.recv(1 << 16)
@@ -90,7 +91,7 @@ class StudioLink:
             for line in lines.feed(data):
                 try:
                     self._inbox.put(p.decode_command(line))
-                except p.ProtocolError as err:
+                except framing.ProtocolError as err:
                     print(f"warning: ignored a message from the studio: {err}", file=sys.stderr)
 
     def poll(self) -> list[p.Command]:
@@ -135,4 +136,4 @@ class StudioLink:
 
 def connect(address: str) -> StudioLink:
     """Connect to the studio at `address`, presenting the token it put in our environment."""
-    return StudioLink(address, os.environ.get(p.TOKEN_ENV, ""))
+    return StudioLink(address, os.environ.get(framing.TOKEN_ENV, ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.config import TrainConfig
+from engine.contract.config import TrainConfig
 
 
 def lr_at(step: int, t: TrainConfig) -> float:

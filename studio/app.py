@@ -26,9 +26,9 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Header, TabbedContent, TabPane
 
-from engine import __version__
-from engine.config import Config, ConfigError, load
-from engine.errors import UsageError, cli_entry
+from engine.contract import __version__
+from engine.contract.config import Config, ConfigError, load
+from engine.contract.errors import UsageError, cli_entry
 from studio.panes.chat import ChatPane
 from studio.panes.config import ConfigPane
 from studio.panes.dataset import DatasetPane

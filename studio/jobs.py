@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,10 +23,11 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from engine import protocol as p
-from engine.config import Config, save
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.config import Config, save
+from engine.contract.errors import ERRORS_ENV
 from studio.link import EngineLink, private_dir
 
 TAIL_LINES = 15
@@ -42,6 +42,7 @@ def engine_command(module: str, *args: str) -> list[str]:
 def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **(extra or {})}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[ERRORS_ENV] = "json"  # a usage error comes back as an `error` record, not text
     return env
 
 
@@ -55,6 +56,24 @@ class Exit:
 
     code: int
     stderr: list[str] = field(default_factory=list)
+    error: p.Error | None = None  # the engine's own usage error, with its fields
+
+    @classmethod
+    def read(cls, code: int, lines: list[str]) -> Exit:
+        """An exit from the engine's last stderr lines: an `error` record becomes `error` (and
+        its readable line), everything else is kept as written."""
+        error, shown = None, []
+        for line in lines:
+            if line.startswith("{"):
+                try:
+                    error = p.decode(line, {p.Error.type: p.Error})
+                except framing.ProtocolError:
+                    pass
+                else:
+                    shown.append(f"error: {error.message}")
+                    continue
+            shown.append(line)
+        return cls(code, shown, error)
 
     def describe(self) -> str:
         if self.code < 0:
@@ -126,7 +145,7 @@ class TrainJob:
             text = (self.folder / "stderr.log").read_bytes()[-16384:].decode("utf-8", "replace")
         except OSError:
             text = ""
-        self.exit = Exit(code, tail_lines(text))
+        self.exit = Exit.read(code, tail_lines(text))
         await self.link.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         self.on_exit(self.exit)
@@ -182,7 +201,7 @@ async def run_engine(
     out = bytearray()
 
     async def read_stdout() -> None:
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         while data := await proc.stdout.read(1 << 16):  # type: ignore[union-attr]
             if on_line is None:
                 out.extend(data)
@@ -198,27 +217,26 @@ async def run_engine(
             proc.kill()
         await proc.wait()
         raise
-    return Exit(code, tail_lines(err.decode("utf-8", "replace"))), bytes(out)
+    return Exit.read(code, tail_lines(err.decode("utf-8", "replace"))), bytes(out)
 
 
 def first_error(exit: Exit) -> str:
-    """The engine's own one-line `error: ...` for a usage mistake, else how it ended."""
-    for line in reversed(exit.stderr):
-        if line.startswith("error: "):
-            return line.removeprefix("error: ")
+    """The engine's own usage error (its `error` record), else how it ended."""
+    if exit.error is not None:
+        return exit.error.message
     return exit.describe() + (f": {exit.stderr[-1]}" if exit.stderr else "")
 
 
 class ChatServer:
     """`python -m engine.generate SOURCE --serve`: requests in on stdin, replies out on stdout.
 
-    Replies (`ready`, `token`, `end`, `error`) go to `on_reply` as dicts; a line that is not a
+    Replies (`ready`, `token`, `end`, `error`) go to `on_reply` as typed ChatReply messages; a line that is not a
     JSON object with a `type` goes to `on_note`. `on_exit` hears when the process ends.
     """
 
     def __init__(
         self,
-        on_reply: Callable[[dict[str, Any]], None],
+        on_reply: Callable[[p.ChatReply], None],
         on_note: Callable[[str], None],
         on_exit: Callable[[Exit], None],
     ) -> None:
@@ -248,11 +266,11 @@ class ChatServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def ask(self, request: dict[str, Any]) -> bool:
+    def ask(self, request: p.ChatRequest) -> bool:
         """Send one request line; False when the server is gone."""
         if not self.running or self.proc is None or self.proc.stdin is None:
             return False
-        self.proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+        self.proc.stdin.write(request.to_json().encode() + b"\n")
         return True
 
     async def close(self) -> None:
@@ -274,17 +292,15 @@ class ChatServer:
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         while data := await self.proc.stdout.read(1 << 16):
             for line in lines.feed(data):
                 try:
-                    reply = json.loads(line)
-                except ValueError:
-                    reply = None
-                if isinstance(reply, dict) and isinstance(reply.get("type"), str):
-                    self.on_reply(reply)
-                else:
+                    reply = p.parse_chat_reply(line)
+                except framing.ProtocolError:
                     self.on_note(f"ignored a line from the chat server: {line[:80]!r}")
+                else:
+                    self.on_reply(reply)
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -299,4 +315,4 @@ class ChatServer:
         with contextlib.suppress(asyncio.TimeoutError):  # the last lines it wrote
             await asyncio.wait_for(asyncio.gather(*readers), 2.0)
         if not self.closing:
-            self.on_exit(Exit(code, list(self._stderr)))
+            self.on_exit(Exit.read(code, list(self._stderr)))

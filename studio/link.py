@@ -7,7 +7,7 @@ where anyone on the machine could connect; there the random token handed to the 
 its environment is what tells our engine from a stranger. The token is checked either way: the
 engine's first line must be a `hello` carrying it, or the connection is closed.
 
-Lines are cut with engine.protocol's LineBuffer and decoded with engine.protocol.decode. A line
+Lines are cut with engine.contract.framing's LineBuffer and decoded with engine.contract.events.decode. A line
 that is too long, not JSON, or not an event is dropped and reported through `on_note`; it never
 closes the connection, so one bad message costs one message.
 """
@@ -24,7 +24,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract import framing
 
 SOCKET_NAME = "engine.sock"
 UNIX_PATH_MAX = 100  # sun_path is 104-108 bytes depending on the system; stay below all
@@ -70,7 +71,7 @@ class EngineLink:
     @property
     def env(self) -> dict[str, str]:
         """What the engine's environment needs to be let in."""
-        return {p.TOKEN_ENV: self.token}
+        return {framing.TOKEN_ENV: self.token}
 
     @property
     def connected(self) -> bool:
@@ -123,7 +124,7 @@ class EngineLink:
             self.on_note("refused a second engine connection: this link already has one")
             writer.close()
             return
-        lines = p.LineBuffer()
+        lines = framing.LineBuffer()
         greeted = False
         try:
             while data := await reader.read(READ_CHUNK):
@@ -142,7 +143,7 @@ class EngineLink:
                     self.dropped += lines.dropped - dropped
                     self.on_note(
                         f"dropped {lines.dropped - dropped} message(s) from the engine: longer "
-                        f"than the {p.MAX_LINE_BYTES}-byte limit"
+                        f"than the {framing.MAX_LINE_BYTES}-byte limit"
                     )
         except (ConnectionError, OSError):
             pass  # the engine died mid-line; its exit code says why
@@ -158,7 +159,7 @@ class EngineLink:
         """The first line must be a hello with our token; anything else is a stranger."""
         try:
             hello = p.decode_hello(line)
-        except p.ProtocolError as err:
+        except framing.ProtocolError as err:
             self.on_note(f"refused a connection that did not start with hello: {err}")
             return False
         if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
@@ -169,7 +170,7 @@ class EngineLink:
     def _take(self, line: bytes) -> None:
         try:
             event = p.decode(line)
-        except p.ProtocolError as err:
+        except framing.ProtocolError as err:
             self.dropped += 1
             self.on_note(f"dropped a message from the engine: {err}")
             return

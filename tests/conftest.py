@@ -10,3 +10,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Wait for `condition()` to hold (its truthy value is returned), checking often; fail
+    naming `what` after `timeout` seconds. The timeout is a hang guard, never the thing tested."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.05)
+    return value

@@ -1,6 +1,6 @@
 """A stand-in for `python -m engine.train CONFIG --report-to ADDRESS`, without torch.
 
-It speaks the real protocol (engine.protocol) to the studio, so tests and the benchmark can
+It speaks the real protocol (engine.contract.events) to the studio, so tests and the benchmark can
 drive the studio's socket end hard — junk lines, a crash, a hundred events a second — in a
 fraction of the time a real run takes. FAKE_ENGINE_MODE picks what it does:
 
@@ -21,14 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract import framing
 
 
 def connect(address: str) -> socket.socket:
-    kind, where = p.parse_address(address)
+    kind, where = framing.parse_address(address)
     sock = socket.socket(socket.AF_UNIX if kind == "unix" else socket.AF_INET)
     sock.connect(where)
-    sock.sendall(p.encode(p.Hello(token=os.environ.get(p.TOKEN_ENV, ""), pid=os.getpid())))
+    sock.sendall(p.encode(p.Hello(token=os.environ.get(framing.TOKEN_ENV, ""), pid=os.getpid())))
     sock.setblocking(False)
     return sock
 
@@ -39,7 +40,7 @@ def main() -> int:
     rate = float(os.environ.get("FAKE_ENGINE_RATE", "50"))
     log = os.environ.get("FAKE_ENGINE_LOG")
     sock = connect(address)
-    lines = p.LineBuffer()
+    lines = framing.LineBuffer()
     connected = True
 
     def send(message: p.Message | bytes) -> None:
@@ -76,16 +77,16 @@ def main() -> int:
         send(b"this is not json\n")
         send(b'{"type": "launch", "step": 1}\n')
         send(b'{"type": "step", "step": "one"}\n')
-        send(b"x" * (p.MAX_LINE_BYTES + 10) + b"\n")
+        send(b"x" * (framing.MAX_LINE_BYTES + 10) + b"\n")
     step, paused = 0, False
     while True:
         for command in commands():
             if isinstance(command, p.Pause):
                 paused = True
-                send(p.Log(f"paused after step {step}"))
+                send(p.Paused(step=step))
             elif isinstance(command, p.Resume):
                 paused = False
-                send(p.Log(f"resumed at step {step}"))
+                send(p.Resumed(step=step))
             elif isinstance(command, p.Stop):
                 send(p.Checkpoint(step=step, path=f"fake/step_{step:08d}.pt"))
                 send(p.Done(step=step, reason="stopped"))

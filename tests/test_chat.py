@@ -5,17 +5,18 @@ import json
 import pytest
 import torch
 
-from engine import chat_protocol as cp
 from engine.chat import ChatSession, repl, serve
-from engine.config import ModelConfig
-from engine.generate import Sampling, generate
+from engine.contract import events as cp
+from engine.contract.config import ModelConfig
+from engine.contract.sampling import Sampling
+from engine.generate import generate
 from engine.model import GPT
 from engine.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOK = CharTokenizer.train(["the cat sat on a mat\n"])
-GREEDY = Sampling(max_new_tokens=6, temperature=0)
+GREEDY = Sampling(max_tokens=6, temperature=0)
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_repl_commands_change_the_settings_and_bad_ones_say_why(session):
     _, out = run_repl(
         session, ["/temp 0", "/tokens 3", "/topk 5", "/topp 0.9", "/topp 2", "/temp x", "/nope"]
     )
-    assert "temperature = 0.0" in out and "max new tokens = 3" in out
+    assert "temperature = 0.0" in out and "max tokens = 3" in out
     assert "top k = 5" in out and "top p = 0.9" in out
     assert "error: top-p must be above 0 and at most 1" in out
     assert "error: /temp takes a number, got 'x'" in out
@@ -61,7 +62,7 @@ def test_repl_commands_change_the_settings_and_bad_ones_say_why(session):
 
 
 def test_repl_tokens_setting_limits_the_reply(session):
-    _, out = run_repl(session, ["/tokens 2", "the"], Sampling(max_new_tokens=20, temperature=0))
+    _, out = run_repl(session, ["/tokens 2", "the"], Sampling(max_tokens=20, temperature=0))
     reply = generate(session.model, TOK, "the", 2, temperature=0)
     assert "\n" + reply + "\n" in out.replace("> ", "")
 
@@ -93,17 +94,17 @@ def serve_lines(session, requests, sampling=GREEDY):
     out = io.StringIO()
     lines = [r if isinstance(r, str) else json.dumps(r) for r in requests]
     assert serve(session, sampling, source="ckpt.pt", step=3, lines=lines, out=out) == 0
-    return [cp.parse_reply(line) for line in out.getvalue().splitlines()]
+    return [cp.parse_chat_reply(line) for line in out.getvalue().splitlines()]
 
 
 def test_serve_streams_tokens_then_an_end_for_each_request(session):
     replies = serve_lines(session, [{"id": 1, "prompt": "the cat", "max_tokens": 5}])
     ready, *tokens, end = replies
-    assert ready == cp.Ready("ckpt.pt", 3, session.model.num_params(), 24)
-    assert all(isinstance(t, cp.Token) and t.id == 1 for t in tokens)
+    assert ready == cp.ChatReady("ckpt.pt", 3, session.model.num_params(), 24)
+    assert all(isinstance(t, cp.ChatToken) and t.id == 1 for t in tokens)
     expected = generate(session.model, TOK, "the cat", 5, temperature=0)
     assert "".join(t.text for t in tokens) == expected
-    assert end == cp.End(1, len(expected), end.tokens_per_s, False) and end.tokens_per_s > 0
+    assert end == cp.ChatEnd(1, len(expected), end.tokens_per_s, False) and end.tokens_per_s > 0
 
 
 def test_serve_answers_a_bad_request_with_an_error_and_keeps_serving(session):
@@ -116,18 +117,18 @@ def test_serve_answers_a_bad_request_with_an_error_and_keeps_serving(session):
             {"id": 4, "prompt": "the", "max_tokens": 2},
         ],
     )
-    errors = [r for r in replies if isinstance(r, cp.Error)]
+    errors = [r for r in replies if isinstance(r, cp.ChatError)]
     assert [e.id for e in errors] == [None, 2, 3]
-    assert "temperature must be 0" in errors[1].message
-    assert isinstance(replies[-1], cp.End) and replies[-1].id == 4
+    assert "temperature must be from 0 to 5" in errors[1].message
+    assert isinstance(replies[-1], cp.ChatEnd) and replies[-1].id == 4
 
 
 def test_serve_request_settings_override_the_defaults(session):
-    sampled = Sampling(max_new_tokens=6, temperature=1.5, top_k=0, seed=9)
+    sampled = Sampling(max_tokens=6, temperature=1.5, top_k=0, seed=9)
     replies = serve_lines(
         session, [{"id": 1, "prompt": "a", "max_tokens": 3, "temperature": 0}], sampled
     )
-    text = "".join(r.text for r in replies if isinstance(r, cp.Token))
+    text = "".join(r.text for r in replies if isinstance(r, cp.ChatToken))
     assert text == generate(session.model, TOK, "a", 3, temperature=0)
 
 
@@ -141,9 +142,9 @@ def test_serve_chat_requests_share_a_conversation_until_reset(session):
         ],
     )
     first = generate(session.model, TOK, "the cat", 6, temperature=0)
-    second = "".join(r.text for r in replies if isinstance(r, cp.Token) and r.id == "b")
+    second = "".join(r.text for r in replies if isinstance(r, cp.ChatToken) and r.id == "b")
     assert second == generate(session.model, TOK, f"the cat{first}\na mat", 6, temperature=0)
-    assert replies[-1] == cp.End("r", 0, 0.0, False) and session.history == ""
+    assert replies[-1] == cp.ChatEnd("r", 0, 0.0, False) and session.history == ""
 
 
 def test_serve_reports_a_truncated_prompt(session):
@@ -153,7 +154,7 @@ def test_serve_reports_a_truncated_prompt(session):
 
 
 def test_a_reply_cut_short_still_joins_the_conversation(session):
-    pieces = session.reply("the cat", dataclasses.replace(GREEDY, max_new_tokens=6), chat=True)
+    pieces = session.reply("the cat", dataclasses.replace(GREEDY, max_tokens=6), chat=True)
     shown = next(pieces)
     pieces.close()  # what Ctrl-C does to the terminal's loop
     assert session.history == "the cat" + shown

@@ -6,7 +6,7 @@ import torch
 
 from engine import checkpoint
 from engine.checkpoint import CheckpointManager
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 
 
 def state(step: int) -> dict:
@@ -18,7 +18,7 @@ def test_keeps_only_the_last_n_step_checkpoints(tmp_path):
     for step in (10, 20, 30, 40):
         manager.save(state(step), step)
     assert [p.name for p in manager.step_files()] == ["step_00000030.pt", "step_00000040.pt"]
-    assert checkpoint.load(manager.latest())["step"] == 40
+    assert checkpoint.load(manager.latest())["progress"]["step"] == 40
 
 
 def test_best_tracks_the_lowest_validation_loss_and_survives_rotation(tmp_path):
@@ -28,7 +28,7 @@ def test_best_tracks_the_lowest_validation_loss_and_survives_rotation(tmp_path):
     assert manager.save(state(3), 3, val_loss=2.5)[1] is False
     assert manager.save(state(4), 4)[1] is False
     assert [p.name for p in manager.step_files()] == ["step_00000004.pt"]
-    assert checkpoint.load(manager.best())["step"] == 2
+    assert checkpoint.load(manager.best())["progress"]["step"] == 2
     assert manager.best_val_loss() == 2.0
     assert checkpoint.resolve(tmp_path) == manager.best()
 
@@ -59,7 +59,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, m
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
         manager.save(state(2), 2)
-    assert checkpoint.load(manager.latest())["step"] == 1
+    assert checkpoint.load(manager.latest())["progress"]["step"] == 1
     assert [p.name for p in manager.dir.iterdir()] == ["step_00000001.pt"]  # no temp file left
 
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import config
-from engine.config import Config, ConfigError
+from engine.contract import config, sizing
+from engine.contract.config import Config, ConfigError
 
 
 def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
@@ -40,7 +40,7 @@ def test_preset_comment_states_its_parameter_count(name):
     match = re.search(r"([\d.]+)([KMB]) parameters", described)
     assert match, f"{path.name} must state its parameter count on its first line"
     stated = float(match.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9}[match.group(2)]
-    actual = config.summary(config.load(path))["params"]
+    actual = sizing.summary(config.load(path))["params"]
     # tiny's char vocabulary is only a guess until the corpus is read, hence the looser bound
     assert stated == pytest.approx(actual, rel=0.06 if name == "tiny" else 0.01)
 
@@ -50,7 +50,7 @@ def test_large_presets_fit_one_80gb_gpu_in_bf16_and_compile():
         cfg = config.load_preset(name)
         # auto: bf16 autocast on a GPU, and never the 100x slower bf16 on a CPU by accident
         assert cfg.train.dtype == "auto" and cfg.train.compile
-        assert config.memory_estimate(cfg)["total"] < 80e9 * 0.9
+        assert sizing.memory_estimate(cfg)["total"] < 80e9 * 0.9
 
 
 def test_save_then_load_gives_an_equal_config(tmp_path):
@@ -150,33 +150,33 @@ def test_check_reports_every_fault_for_the_form():
 def test_param_count_from_config_matches_the_published_gpt2_small_count():
     # GPT-2 small: biases, learned positions, LayerNorm, tied embeddings, 50257-token vocab
     gpt2 = config.ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=True)
-    assert config.param_count(gpt2, 50257)["total"] == 124_439_808
+    assert sizing.param_count(gpt2, 50257)["total"] == 124_439_808
 
 
 def test_flops_per_token_follows_6n_plus_12ltd():
     m = config.ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=32)
-    counts = config.param_count(m, 128)
+    counts = sizing.param_count(m, 128)
     n = counts["total"] - counts["position_embedding"]
-    assert config.flops_per_token(m, 128) == 6 * n + 12 * 2 * 32 * 64
+    assert sizing.flops_per_token(m, 128) == 6 * n + 12 * 2 * 32 * 64
 
 
 def test_memory_estimate_grows_with_batch_and_shrinks_with_checkpointing():
     cfg = config.load_preset("mini")
-    base = config.memory_estimate(cfg)
+    base = sizing.memory_estimate(cfg)
     cfg.train.batch_size *= 2
-    doubled = config.memory_estimate(cfg)
+    doubled = sizing.memory_estimate(cfg)
     cfg.model.activation_checkpointing = True
-    recomputed = config.memory_estimate(cfg)
+    recomputed = sizing.memory_estimate(cfg)
     assert doubled["activations"] > 1.9 * base["activations"]
-    assert doubled["params"] == base["params"] == 4 * config.summary(cfg)["params"]
+    assert doubled["params"] == base["params"] == 4 * sizing.summary(cfg)["params"]
     assert recomputed["activations"] < doubled["activations"]
 
 
 def test_vocab_is_padded_and_known_for_tiktoken():
     cfg = config.load_preset("mini")
-    assert config.vocab_size(cfg) == 100288  # cl100k's 100277 ids rounded up to 64
-    assert config.vocab_size(cfg, tokenizer_vocab=65) == 128
-    assert config.resolve_model(cfg, 65).vocab_size == 128
+    assert sizing.vocab_size(cfg) == 100288  # cl100k's 100277 ids rounded up to 64
+    assert sizing.vocab_size(cfg, tokenizer_vocab=65) == 128
+    assert sizing.resolve_model(cfg, 65).vocab_size == 128
 
 
 def test_config_module_never_imports_torch():

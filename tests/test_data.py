@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine import config, data
+from engine import data
+from engine.contract import config
+from engine.contract.errors import UsageError
 from engine.data import shards, sources, split, tokens
 from engine.data.loaders import ShardLoader
 from engine.data.streaming import StreamingLoader
-from engine.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "over", "under", "the"]
@@ -350,7 +351,7 @@ def test_streaming_ranks_never_share_a_unit(tmp_path, small_units):
     assert len(source.units) >= 2
     mine = [
         StreamingLoader(source, tok, "train", batch_size=2, block_size=16, val_fraction=0.1,
-                        seed=0, rank=r, world_size=2)._units(0)
+                        seed=0, rank=r, world_size=2).units_for(0)
         for r in range(2)
     ]  # fmt: skip
     assert mine[0] and mine[1] and not set(mine[0]) & set(mine[1])
@@ -413,6 +414,7 @@ def test_prepare_command_reports_events_for_the_studio(tmp_path):
     records = [json.loads(line) for line in out.stdout.splitlines()]
     progress = [r for r in records if r["type"] == "progress"]
     assert progress[-1]["done"] == progress[-1]["total"] > 0 and progress[-1]["tokens"] > 0
-    assert any(r["type"] == "log" and "prepared" in r["message"] for r in records)
+    ready = [r for r in records if r["type"] == "data_ready"]  # typed, not a log line to match
+    assert len(ready) == 1 and ready[0]["train_tokens"] > 0 and not ready[0]["cached"]
     again = run("prepare", str(path), cwd=tmp_path)
     assert "using prepared data" in again.stdout

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_until
 from test_remote import FakeStudio, of
 from test_train import MUON, WORDS, events, tiny_config
 
-from engine import checkpoint, config
-from engine import protocol as p
+from engine import checkpoint
+from engine.contract import config
+from engine.contract import events as p
 from engine.data import sources
 from engine.data.streaming import StreamingLoader
 from engine.model import GPT
@@ -27,10 +29,13 @@ from engine.train import train
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, HALF = 8, 4  # every run checkpoints at HALF and at the end
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with gloo",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="needs torch.distributed with gloo",
+    ),
+    pytest.mark.slow,  # every test here trains under torchrun
+]
 
 
 def torchrun(cfg_path: Path, *args: str, **popen: object) -> subprocess.Popen:
@@ -131,7 +136,7 @@ def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(two, ddp, fs
     assert losses(cfg, "fsdp") == pytest.approx(losses(cfg, "ddp"), abs=1e-5, rel=0)
     saved = Path(cfg.out_dir) / "fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
     state = checkpoint.load(saved)
-    assert sorted(state["optimizer"]["state"]) == list(range(len(state["optimizer"]["state"])))
+    assert sorted(adamw := state["optimizer"]["adamw"]["state"]) == list(range(len(adamw)))
     resumed = train(one_process(cfg, "resumed-fsdp"), resume=str(saved), quiet=True).losses
     assert resumed == pytest.approx(reference[HALF:], abs=1e-5, rel=0)
     assert "sample at step 8" in fsdp  # gathered from the shards onto rank 0
@@ -184,15 +189,13 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
         sources.resolve(cfg.data), build_tokenizer("tiktoken", name="cl100k_base"), "train",
         batch_size=8, block_size=32, val_fraction=0.0, seed=cfg.train.seed, rank=1, world_size=2,
     )  # fmt: skip
-    bad = Path(rank_1._units(0)[0].path)
+    bad = Path(rank_1.units_for(0)[0].path)
     bad.write_text('{"text": "fine"}\n{not json\n' + bad.read_text())
     path = config.save(cfg, tmp_path / "run.toml")
 
-    started = time.monotonic()
     proc = torchrun(path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = finish(proc, timeout=120)
+    out = finish(proc, timeout=120)  # a rank left waiting for the failed one would hang here
     assert proc.returncode != 0
-    assert time.monotonic() - started < 120
     assert f"error: rank 1 of 2: {bad}:2: not valid JSON" in out
 
 
@@ -221,9 +224,8 @@ def test_a_signal_to_rank_0_stops_every_rank_at_the_same_step(tmp_path):
     path = config.save(cfg, tmp_path / "run.toml")
     proc = torchrun(path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        log, deadline = cfg.run_dir / "metrics.jsonl", time.time() + 120
-        while time.time() < deadline and not (log.exists() and '"type": "step"' in log.read_text()):
-            time.sleep(0.1)
+        log = cfg.run_dir / "metrics.jsonl"
+        wait_until(lambda: log.exists() and '"type": "step"' in log.read_text(), 120, "step record")
         workers = _workers(proc.pid)
         assert set(workers) == {0, 1}
         os.kill(workers[0], signal.SIGTERM)  # rank 1 hears of it only from rank 0
@@ -234,7 +236,7 @@ def test_a_signal_to_rank_0_stops_every_rank_at_the_same_step(tmp_path):
     done = [e for e in events(cfg) if isinstance(e, p.Done)]
     assert done and done[-1].reason == "signal"
     latest = checkpoint.CheckpointManager(cfg.run_dir).latest()
-    assert latest is not None and checkpoint.load(latest)["step"] == done[-1].step
+    assert latest is not None and checkpoint.load(latest)["progress"]["step"] == done[-1].step
 
 
 def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):
@@ -251,8 +253,8 @@ def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):
         assert studio.until(of("start"))["world_size"] == 2
         studio.until(of("step"))
         studio.send(p.encode(p.Pause()))
-        paused = studio.until(lambda m: m["type"] == "log" and "paused" in m["message"])
-        at = int(paused["message"].split()[-1])
+        paused = studio.until(lambda m: m["type"] == "paused")
+        at = paused["step"]
         time.sleep(1.0)  # the paused ranks keep agreeing, five times a second, without stepping
         studio.send(p.encode(p.SampleRequest(prompt="the ", max_tokens=8, id="q1")))
         assert studio.until(of("sample", id="q1"))["step"] == at

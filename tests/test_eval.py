@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint, config, data, eval
-from engine.errors import UsageError
+from engine import checkpoint, data, eval
+from engine.contract import config, sizing
+from engine.contract.errors import UsageError
 from engine.model import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ def saved_model(tmp_path: Path, text: str, kind: str = "char") -> tuple[Path, co
     cfg.data = config.DataConfig(source=str(corpus), val_fraction=0.2,
                                  cache_dir=str(tmp_path / "cache"))  # fmt: skip
     tok = data.prepare(cfg).tokenizer
-    cfg.model = config.resolve_model(cfg, tok.vocab_size)
+    cfg.model = sizing.resolve_model(cfg, tok.vocab_size)
     torch.manual_seed(0)
     model = GPT(cfg.model)
     path = tmp_path / "model.pt"

@@ -8,16 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import checkpoint, generate
-from engine.config import Config, ModelConfig
-from engine.errors import UsageError
-from engine.generate import IncrementalDecoder, Sampling, Stream, choose, decode
+from engine.contract.config import Config, ModelConfig
+from engine.contract.errors import UsageError
+from engine.contract.sampling import Sampling
+from engine.generate import IncrementalDecoder, Stream, choose, decode
+from engine.generate import __main__ as generate_cli
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "The cat sat on the mat. 猫は日本語で話す 😀🎉 naïve café\n" * 20
-GREEDY = Sampling(max_new_tokens=12, temperature=0)
+GREEDY = Sampling(max_tokens=12, temperature=0)
 LEARNED = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=320)
 ROPE = dataclasses.replace(LEARNED, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)
 
@@ -72,7 +74,7 @@ def test_cached_decoding_matches_full_recompute(cfg):
     model = build(cfg)
     prompt = [5, 17, 42, 8, 99]
     steps = 40  # well past the context of 16: the window slides twice
-    s = dataclasses.replace(GREEDY, max_new_tokens=steps)
+    s = dataclasses.replace(GREEDY, max_tokens=steps)
     assert tokens_of(model, [prompt], s)[0] == reference_greedy(model, prompt, steps)
 
 
@@ -80,7 +82,7 @@ def test_cached_decoding_matches_full_recompute(cfg):
 def test_a_prompt_decoded_in_a_batch_gives_the_tokens_it_gives_alone(cfg):
     model = build(cfg)
     prompts = [[3], [7, 1, 9, 200, 4, 4, 60, 2, 11], [250, 12, 13]]
-    s = dataclasses.replace(GREEDY, max_new_tokens=7)  # 9 + 7 = 16: all within the context
+    s = dataclasses.replace(GREEDY, max_tokens=7)  # 9 + 7 = 16: all within the context
     together = tokens_of(model, prompts, s)
     alone = [tokens_of(model, [p], s)[0] for p in prompts]
     assert together == alone
@@ -92,7 +94,7 @@ def test_past_the_context_a_batch_slides_its_window_with_padding_masked(cfg):
     model = build(cfg)
     prompts = [[3], [7, 1, 9, 200, 4, 4, 60, 2, 11], [250, 12, 13]]
     steps, longest, block = 30, 9, cfg.block_size
-    together = tokens_of(model, prompts, dataclasses.replace(GREEDY, max_new_tokens=steps))
+    together = tokens_of(model, prompts, dataclasses.replace(GREEDY, max_tokens=steps))
     keep = int(block * generate.SLIDE_KEEP)
     for prompt, got in zip(prompts, together, strict=True):
         pad, seq, start = longest - len(prompt), list(prompt), 0  # start in padded columns
@@ -129,7 +131,7 @@ def test_padding_rows_of_the_vocabulary_are_never_sampled(bpe):
         model.lm_head.weight[real : real + 20] = torch.cat([eye, -eye])
     prompts = [[1, 2, 3], [4]]
     assert all(t >= real for t in tokens_of(model, prompts, GREEDY)[0])  # the trap works
-    sampled = Sampling(max_new_tokens=12, temperature=1.0, top_k=0, seed=0)
+    sampled = Sampling(max_tokens=12, temperature=1.0, top_k=0, seed=0)
     for s in (GREEDY, sampled):
         for step in decode(model, prompts, s, vocab_size=real):
             assert (step < real).all()
@@ -170,9 +172,9 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
 
 def test_repetition_penalty_counts_the_prompt_and_what_was_generated():
     model = build()
-    plain = tokens_of(model, [[4, 9]], dataclasses.replace(GREEDY, max_new_tokens=30))[0]
+    plain = tokens_of(model, [[4, 9]], dataclasses.replace(GREEDY, max_tokens=30))[0]
     assert len(set(plain)) < len(plain)  # greedy on a random model repeats itself
-    s = dataclasses.replace(GREEDY, max_new_tokens=30, repetition_penalty=1e9)
+    s = dataclasses.replace(GREEDY, max_tokens=30, repetition_penalty=1e9)
     penalized = tokens_of(model, [[4, 9]], s)[0]
     positive = [t for t in penalized if t not in (4, 9)]
     assert len(set(positive)) > len(set(plain))
@@ -184,7 +186,7 @@ def test_repetition_penalty_counts_the_prompt_and_what_was_generated():
         ("temperature", -0.1, "temperature"),
         ("top_p", 0.0, "top-p"),
         ("top_p", 1.5, "top-p"),
-        ("max_new_tokens", 0, "max tokens"),
+        ("max_tokens", 0, "max tokens"),
         ("top_k", -1, "top-k"),
         ("repetition_penalty", 0.0, "repetition penalty"),
         ("stop", ("",), "stop"),
@@ -225,7 +227,7 @@ def test_streamed_pieces_are_whole_characters_of_the_decoded_text():
     tok = _ascii_bpe()
     model = build(dataclasses.replace(LEARNED, block_size=64))
     prompt = "🎉😀🎉😀 日本語"  # bytes as tokens: the model continues with byte tokens too
-    s = Sampling(max_new_tokens=40, temperature=1.0, top_k=0, seed=1)
+    s = Sampling(max_tokens=40, temperature=1.0, top_k=0, seed=1)
     stream = Stream(model, tok, [prompt], s)
     pieces = [piece for _, piece in stream]
     ids = until(tokens_of(model, [tok.encode(prompt)], s, tok.vocab_size)[0], tok.eot_id)
@@ -243,7 +245,7 @@ def test_a_stop_string_ends_the_sample_and_is_left_out(bpe):
         model,
         bpe,
         ["The cat"],
-        dataclasses.replace(GREEDY, max_new_tokens=40, stop=(stop, "never there")),
+        dataclasses.replace(GREEDY, max_tokens=40, stop=(stop, "never there")),
     )
     pieces = [piece for _, piece in stream]
     assert "".join(pieces) == full[:cut] == stream.completions[0].text
@@ -307,7 +309,7 @@ def run_dir(tmp_path_factory, bpe):
 def cli(argv, capsys, stdin: str | None = None, monkeypatch=None):
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = generate.main([str(a) for a in argv])
+    code = generate_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -334,7 +336,7 @@ def test_cli_batches_a_prompts_file_with_several_samples_each(run_dir, capsys, t
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--prompt", "x", "--temperature", "-1"], "temperature must be 0"),
+        (["--prompt", "x", "--temperature", "-1"], "temperature must be from 0 to 5"),
         (["--prompt", "x", "--top-p", "1.5"], "top-p must be above 0 and at most 1"),
         (["--prompt", "x", "--max-tokens", "0"], "max tokens must be"),
         (["--prompt", "x", "--num-samples", "0"], "--num-samples must be 1 or more"),
@@ -388,7 +390,7 @@ def test_the_decoding_layout_keeps_shapes_and_outputs():
 
 def test_cli_uses_the_decoding_layout_only_for_a_single_row(run_dir, capsys, tmp_path, monkeypatch):
     used = []
-    monkeypatch.setattr(generate, "decoding_layout", lambda model: used.append(model) or model)
+    monkeypatch.setattr(generate_cli, "decoding_layout", lambda model: used.append(model) or model)
     cli([run_dir, "--prompt", "The cat", "--max-tokens", 2], capsys)
     assert len(used) == 1
     prompts = tmp_path / "two.txt"

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config
-from engine.config import ModelConfig
+from engine.contract import config, sizing
+from engine.contract.config import ModelConfig
 from engine.model import GPT
 
 VOCAB = 96
@@ -154,7 +154,7 @@ def test_every_switch_builds_and_trains_a_step(name):
 def test_parameter_count_from_config_equals_the_model(name):
     cfg = VARIANTS[name]
     model = build(cfg)
-    counts = config.param_count(cfg, VOCAB)
+    counts = sizing.param_count(cfg, VOCAB)
     assert model.num_params() == counts["total"]
     no_emb = counts["total"] - counts["token_embedding"] - counts["position_embedding"]
     assert model.num_params(embeddings=False) == no_emb
@@ -166,7 +166,7 @@ def test_preset_shapes_count_the_same_in_config_and_model():
         cfg = config.load_preset(name, ["--model.n_layer=1", "--model.vocab_size=512"])
         with torch.device("meta"):
             model = GPT(cfg.model)
-        assert model.num_params() == config.summary(cfg)["params"]
+        assert model.num_params() == sizing.summary(cfg)["params"]
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import optim
-from engine.config import ModelConfig, TrainConfig
+from engine.contract.config import ModelConfig, TrainConfig
 from engine.model import GPT
 
 BASE = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)

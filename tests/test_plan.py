@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import config, optim
+from engine import optim
+from engine.contract import config, sizing
 from engine.model import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg, optimizer):
     torch.manual_seed(0)
     model = GPT(model_cfg)
     cfg = run_config(model_cfg, optimizer=optimizer)
-    estimate = config.memory_estimate(cfg)
+    estimate = sizing.memory_estimate(cfg)
     params = list(model.parameters())
     assert estimate["params"] == sum(p.nbytes for p in params)
 
@@ -85,34 +86,34 @@ def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg, optimizer):
 def test_parameter_shapes_are_the_models_own():
     for model_cfg in (GPT2_STYLE, LLAMA_STYLE, WIDE_VOCAB):
         named = {n: tuple(p.shape) for n, p in GPT(model_cfg).named_parameters()}
-        assert config.param_shapes(model_cfg, model_cfg.vocab_size) == named
+        assert sizing.param_shapes(model_cfg, model_cfg.vocab_size) == named
 
 
 def test_fsdp_shards_weights_gradients_and_optimizer_state_but_not_activations():
     cfg = config.load_preset("large")
-    single = config.memory_estimate(cfg)
-    ddp = config.memory_estimate(cfg, world_size=8, parallel="ddp")
-    fsdp = config.memory_estimate(cfg, world_size=8, parallel="fsdp")
+    single = sizing.memory_estimate(cfg)
+    ddp = sizing.memory_estimate(cfg, world_size=8, parallel="ddp")
+    fsdp = sizing.memory_estimate(cfg, world_size=8, parallel="fsdp")
     assert ddp == single  # every GPU holds a whole copy
     assert fsdp["activations"] == ddp["activations"]
     assert ddp["optimizer"] / 8 < fsdp["optimizer"] < ddp["optimizer"] / 7.9
     for part in ("params", "grads"):  # a shard, plus what is gathered while a block computes
         assert ddp[part] / 8 < fsdp[part] < ddp[part] / 2
-    assert config.memory_estimate(cfg, world_size=16, parallel="fsdp")["total"] < fsdp["total"]
+    assert sizing.memory_estimate(cfg, world_size=16, parallel="fsdp")["total"] < fsdp["total"]
 
 
 def test_largest_micro_batch_is_the_edge_of_fitting():
     cfg = config.load_preset("large")
     gpus, gib = 8, 40.0
-    budget = gib * 2**30 * config.USABLE_FRACTION
-    figures = config.plan(cfg, gpus, gib)
+    budget = gib * 2**30 * sizing.USABLE_FRACTION
+    figures = sizing.plan(cfg, gpus, gib)
     for parallel, figure in figures.items():
         largest = figure["max_batch_size"]
         assert largest > 0
 
         def total(batch, parallel=parallel):
             trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
-            return config.memory_estimate(trial, world_size=gpus, parallel=parallel)["total"]
+            return sizing.memory_estimate(trial, world_size=gpus, parallel=parallel)["total"]
 
         assert total(largest) <= budget < total(largest + 1)
         assert figure["fits"] == (cfg.train.batch_size <= largest)
@@ -120,7 +121,7 @@ def test_largest_micro_batch_is_the_edge_of_fitting():
 
 
 def test_a_model_too_big_for_any_batch_says_none_fits():
-    figures = config.plan(config.load_preset("large"), gpus=1, gpu_memory_gb=4)
+    figures = sizing.plan(config.load_preset("large"), gpus=1, gpu_memory_gb=4)
     assert all(f["max_batch_size"] == 0 and not f["fits"] for f in figures.values())
 
 

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract import framing
 
 
 def test_every_event_round_trips_through_ndjson():
@@ -21,6 +22,11 @@ def test_every_event_round_trips_through_ndjson():
         p.Error(message="boom", step=1),
         p.Log(message="hello"),
         p.Progress(task="prepare", done=3, total=10, unit="MB"),
+        p.Paused(step=4),
+        p.Resumed(step=4),
+        p.DataReady(out_dir="data/ab12", train_tokens=900, val_tokens=100, documents=3),
+        p.Error(message="x = 1 must be 2", origin="override '--x=1'", key="x", value=1,
+                allowed="must be 2"),
     ]  # fmt: skip
     assert {e.type for e in events} == set(p.EVENTS)
     for event in events:
@@ -51,11 +57,11 @@ def test_step_records_carry_the_fields_the_studio_charts():
         ),
         (b'{"type": "eval", "step": true, "val_loss": 1.0, "ppl": 2.0}', "step = True"),
         (b"\xff\xfe", "not JSON"),
-        (b"{" + b" " * p.MAX_LINE_BYTES + b"}", "exceeds"),
+        (b"{" + b" " * framing.MAX_LINE_BYTES + b"}", "exceeds"),
     ],
 )
 def test_malformed_lines_raise_protocol_error(line, message):
-    with pytest.raises(p.ProtocolError, match=message):
+    with pytest.raises(framing.ProtocolError, match=message):
         p.decode(line)
 
 
@@ -67,17 +73,8 @@ def test_unknown_extra_fields_are_ignored_for_forward_compatibility():
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_crash_the_decoder(blob):
-    with contextlib.suppress(p.ProtocolError):
+    with contextlib.suppress(framing.ProtocolError):
         p.decode(blob)
-
-
-def test_protocol_module_never_imports_torch():
-    import subprocess
-    import sys
-
-    code = "import engine.protocol, sys; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_commands_round_trip_and_events_are_not_commands():
@@ -88,9 +85,9 @@ def test_commands_round_trip_and_events_are_not_commands():
     assert {c.type for c in commands} == set(p.COMMANDS)
     for command in commands:
         assert p.decode_command(p.encode(command)) == command
-    with pytest.raises(p.ProtocolError, match="unknown message type 'eval'"):
+    with pytest.raises(framing.ProtocolError, match="unknown message type 'eval'"):
         p.decode_command(p.encode(p.Eval(step=1, val_loss=1.0, ppl=2.7)))
-    with pytest.raises(p.ProtocolError, match="prompt"):
+    with pytest.raises(framing.ProtocolError, match="prompt"):
         p.decode_command(b'{"type": "sample", "prompt": 5}')
 
 
@@ -100,7 +97,7 @@ def test_hello_carries_the_token():
 
 
 def test_line_buffer_reassembles_lines_and_drops_only_the_oversized_one():
-    buf = p.LineBuffer(limit=10)
+    buf = framing.LineBuffer(limit=10)
     assert buf.feed(b"abc\nde") == [b"abc"]
     assert buf.feed(b"f\n") == [b"def"]
     assert buf.feed(b"x" * 25) == []  # too long already: dropped, not buffered
@@ -117,11 +114,11 @@ def test_line_buffer_reassembles_lines_and_drops_only_the_oversized_one():
     ],
 )
 def test_addresses_parse(address, parsed):
-    assert p.parse_address(address) == parsed
+    assert framing.parse_address(address) == parsed
 
 
 def test_a_bad_address_is_a_clear_error():
     with pytest.raises(
-        p.ProtocolError, match=r"must be unix:/path/to/socket or tcp:127\.0\.0\.1:PORT"
+        framing.ProtocolError, match=r"must be unix:/path/to/socket or tcp:127\.0\.0\.1:PORT"
     ):
-        p.parse_address("localhost:80")
+        framing.parse_address("localhost:80")

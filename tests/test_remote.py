@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from test_train import tiny_config
 
-from engine import config, metrics
-from engine import protocol as p
+from engine import metrics
+from engine.contract import config, framing
+from engine.contract import events as p
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ class FakeStudio:
         self.server.listen(1)
         self.server.settimeout(60)
         self.conn: socket.socket | None = None
-        self.lines = p.LineBuffer()
+        self.lines = framing.LineBuffer()
         self.messages: list[dict] = []
 
     @property
@@ -98,6 +99,7 @@ def studio(tmp_path):
     s.close()
 
 
+@pytest.mark.slow
 def test_the_studio_drives_a_run_pause_sample_save_resume_stop(tmp_path, studio):
     cfg = tiny_config(tmp_path, train__max_steps=100000, checkpoint__interval=100000)
     engine = start_engine(cfg, tmp_path, studio.address, GPT_STUDIO_TOKEN="secret")
@@ -109,20 +111,20 @@ def test_the_studio_drives_a_run_pause_sample_save_resume_stop(tmp_path, studio)
         studio.until(of("step"))
 
         studio.send(p.encode(p.Pause()))
-        paused = studio.until(lambda m: m["type"] == "log" and "paused" in m["message"])
+        paused = studio.until(of("paused"))
         studio.send(b"this is not json\n" + b'{"type": "launch"}\n')  # survived, ignored
         studio.send(p.encode(p.SampleRequest(prompt="the ", max_tokens=12, id="q1")))
         sample = studio.until(of("sample", id="q1"))
         assert sample["prompt"] == "the " and isinstance(sample["text"], str)
         studio.send(p.encode(p.Save()))
         saved = studio.until(of("checkpoint"))
-        at = int(paused["message"].split()[-1])
+        at = paused["step"]
         assert saved["step"] == sample["step"] == at
         studio.drain(1.0)
         assert max(m["step"] for m in studio.messages if m["type"] == "step") <= at
 
         studio.send(p.encode(p.Resume()))
-        studio.until(lambda m: m["type"] == "log" and "resumed" in m["message"])
+        studio.until(of("resumed", step=at))
         studio.until(lambda m: m["type"] == "step" and m["step"] > at)
 
         studio.send(p.encode(p.Stop()))
@@ -137,6 +139,7 @@ def test_the_studio_drives_a_run_pause_sample_save_resume_stop(tmp_path, studio)
     assert [type(e) for e in records][-2:] == [p.Checkpoint, p.Done]  # saved before ending
 
 
+@pytest.mark.slow
 def test_training_goes_on_headless_when_the_studio_goes_away(tmp_path, studio):
     cfg = tiny_config(tmp_path, train__max_steps=60)
     engine = start_engine(cfg, tmp_path, studio.address)

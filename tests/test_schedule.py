@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from engine.config import TrainConfig
+from engine.contract.config import TrainConfig
 from engine.schedule import lr_at
 
 

@@ -20,7 +20,7 @@ from test_train import corpus, tiny_config
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 
-from engine import protocol as p
+from engine.contract import events as p
 from studio.app import StudioApp
 from studio.panes.chat import LIVE, ChatPane
 from studio.panes.config import ConfigPane
@@ -438,7 +438,7 @@ def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
         chat = app.query_one(ChatPane)
         assert app.query_one(TabbedContent).active == "chat" and chat.source == str(cfg.run_dir)
         await until(pilot, lambda: chat.ready is not None, "the model to load")
-        assert chat.ready["step"] == 10
+        assert chat.ready.step == 10
         settings = chat.query_one("#chat-max_tokens", FieldRow)
         settings.editor.focus()
         await pilot.press("ctrl+u", *"40")
@@ -450,7 +450,7 @@ def test_chat_streams_an_answer_from_a_checkpoint(tmp_path):
         assert not chat.history  # refused: the temperature is out of range
         assert app.notes[-1] == (
             "error",
-            "temperature: 9.0 is not a number from 0 (always the likeliest) to 5",
+            "temperature: 9.0 is not a number from 0 to 5 (0: greedy)",
         )
         chat.query_one("#chat-temperature", FieldRow).editor.focus()
         await pilot.press("ctrl+u", *"0.8")

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from engine.config import Config, human, load, load_preset, presets, summary
+from engine.contract.config import Config, load, load_preset, presets
+from engine.contract.render import human
+from engine.contract.sizing import summary
 from studio.app import StudioApp, main
 from studio.panes.config import PRESET_KEYS, ConfigPane, from_editor, get_value, to_editor
 from studio.widgets.dialogs import ConfirmDialog, PathDialog

@@ -6,9 +6,10 @@ import asyncio
 import stat
 from pathlib import Path
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.rundir import MetricsTail
 from studio.link import EngineLink
-from studio.rundir import MetricsTail
 
 
 class Heard:
@@ -22,7 +23,7 @@ def make_link(heard: Heard, **kw) -> EngineLink:
 
 
 async def dial(link: EngineLink, token: str | None = None):
-    kind, where = p.parse_address(link.address)
+    kind, where = framing.parse_address(link.address)
     if kind == "unix":
         reader, writer = await asyncio.open_unix_connection(where)
     else:
@@ -72,7 +73,9 @@ def test_malformed_over_long_and_unknown_lines_are_dropped_and_noted_never_fatal
         writer.write(b'{"type": "launch"}\n')
         writer.write(b'{"type": "eval", "step": "ten", "val_loss": 1.0, "ppl": 2.0}\n')
         writer.write(b"[1, 2]\n")
-        writer.write(b'{"type": "log", "message": "' + b"x" * (p.MAX_LINE_BYTES + 1) + b'"}\n')
+        writer.write(
+            b'{"type": "log", "message": "' + b"x" * (framing.MAX_LINE_BYTES + 1) + b'"}\n'
+        )
         writer.write(p.encode(p.Log("still here")))
         await until(lambda: heard.events)
         assert [e.message for e in heard.events] == ["still here"]
@@ -113,7 +116,7 @@ def test_a_first_line_that_is_not_hello_is_refused():
         heard = Heard()
         link = make_link(heard)
         await link.open()
-        reader, writer = await asyncio.open_unix_connection(p.parse_address(link.address)[1])
+        reader, writer = await asyncio.open_unix_connection(framing.parse_address(link.address)[1])
         writer.write(p.encode(p.Log("no hello")))
         assert await asyncio.wait_for(reader.read(), 10) == b""
         assert not heard.events and "did not start with hello" in heard.notes[-1]

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine.tokenizer as tokmod
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 from engine.tokenizer import (
     EOT,
     BPETokenizer,
@@ -26,8 +26,8 @@ from engine.tokenizer import (
     Tokenizer,
     build_tokenizer,
     from_spec,
-    main,
 )
+from engine.tokenizer.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 BPE_VOCAB = 400

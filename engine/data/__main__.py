@@ -7,11 +7,12 @@ import json
 import os
 import sys
 
-from engine import config, metrics
-from engine import protocol as p
-from engine.config import human
+from engine import metrics
+from engine.contract import config
+from engine.contract import events as p
+from engine.contract.errors import cli_entry
+from engine.contract.render import human
 from engine.data import prepare, sources
-from engine.errors import cli_entry
 
 
 def _prepare(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -13,9 +13,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
+from engine.contract.render import EOT
 
-EOT = "<|endoftext|>"
 NAMES = ("prose", "code")
 VERSION = 1  # bump when what a builtin corpus holds changes
 MIN_DOCSTRING = 200  # shorter ones are mostly "Return self." fragments, not prose

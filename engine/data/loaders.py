@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.contract.errors import UsageError
 from engine.data.prefetch import Prefetch
 from engine.data.shards import Dataset
-from engine.errors import UsageError
 
 _SPLIT_SALT = {"train": 0x9E3779B97F4A7C15, "val": 0xC2B2AE3D27D4EB4F}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment: consecutive rows land far apart

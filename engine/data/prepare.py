@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract.errors import UsageError
 from engine.data import shards, sources, tokens
-from engine.errors import UsageError
 from engine.tokenizer import Tokenizer, from_spec
 
 Emit = Callable[[p.Event], None]
@@ -75,21 +75,24 @@ def prepare(
         tokenizer = tokens.build_tokenizer_for(cfg, source, log=lambda text: emit(p.Log(text)))
     folder = dataset_dir(cfg, source, tokenizer)
     if not force and (found := shards.Dataset.open(folder)) is not None:
-        emit(p.Log(f"using prepared data in {folder} ({_counts(found.manifest)})"))
+        emit(_ready(folder, found.manifest, cached=True))
         return Prepared(found, tokenizer, cached=True)
 
     manifest = _write(cfg, source, tokenizer, folder, emit)
     dataset = shards.Dataset.open(folder)
     assert dataset is not None, "a dataset just written must open"  # our bug otherwise
-    emit(p.Log(f"prepared {folder} ({_counts(manifest)})"))
+    emit(_ready(folder, manifest, cached=False))
     return Prepared(dataset, tokenizer, cached=False)
 
 
-def _counts(manifest: dict[str, Any]) -> str:
+def _ready(folder: Path, manifest: dict[str, Any], cached: bool) -> p.DataReady:
     s = manifest["splits"]
-    return (
-        f"{s['train']['tokens']:,} train and {s['val']['tokens']:,} validation tokens "
-        f"from {s['train']['documents'] + s['val']['documents']:,} documents"
+    return p.DataReady(
+        out_dir=str(folder),
+        train_tokens=s["train"]["tokens"],
+        val_tokens=s["val"]["tokens"],
+        documents=s["train"]["documents"] + s["val"]["documents"],
+        cached=cached,
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
+from engine.contract.errors import UsageError
 from engine.files import atomic_write_text
 
 FORMAT = 1  # bump when the shard or manifest layout changes

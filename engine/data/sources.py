@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.contract.errors import UsageError
 from engine.data import builtin, split
-from engine.errors import UsageError
 
 TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"
 EOT = builtin.EOT

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.contract.errors import UsageError
 from engine.data import sources, split, tokens
 from engine.data.prefetch import Prefetch
-from engine.errors import UsageError
 from engine.tokenizer import Tokenizer
 
 
@@ -57,7 +57,7 @@ class StreamingLoader:
 
     # --- what this rank reads -------------------------------------------------------------------
 
-    def _units(self, epoch: int) -> list[sources.Unit]:
+    def units_for(self, epoch: int) -> list[sources.Unit]:
         units = self.source.units
         if self.split != "train":
             return list(units)
@@ -81,7 +81,7 @@ class StreamingLoader:
         buf, pos = list(state["carry"]), 0
         rows: list[list[int]] = []
         while True:
-            units = self._units(epoch)
+            units = self.units_for(epoch)
             whole_epoch, made_rows = u == 0 and first_piece == 0, False
             while u < len(units):
                 unit = units[u]

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.contract.errors import UsageError
 from engine.data import shards, sources, split
-from engine.errors import UsageError
 from engine.files import atomic_write_text
 from engine.tokenizer import EOT, Tokenizer, build_tokenizer, from_spec
 

@@ -23,38 +23,28 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
-from engine import protocol as p
+from engine.contract import events as p
+from engine.contract.rundir import list_runs
+from engine.contract.sampling import DEFAULTS, FORM_FIELDS, LIMITS
 from studio.jobs import ChatServer, Exit, first_error
-from studio.rundir import list_runs
 from studio.widgets.dialogs import PathDialog
 from studio.widgets.form import FieldRow
 
 LIVE = "live"  # the Select value of the model training right now
 SHOW_S = 0.05
 
-# name: (default text, parse, what is accepted)
-SETTINGS: dict[str, tuple[str, Any, str]] = {
-    "temperature": ("0.8", float, "a number from 0 (always the likeliest) to 5"),
-    "top_k": ("200", int, "a whole number, 0 for no limit"),
-    "top_p": ("1.0", float, "a number above 0 and at most 1"),
-    "max_tokens": ("200", int, "a whole number from 1 to 4096"),
-}
+# the form's fields, defaults and limits all come from the one sampling definition
+SETTINGS: dict[str, str] = {name: LIMITS[name].describe() for name in FORM_FIELDS}
 
 
 def check_setting(name: str, text: str) -> tuple[Any, str]:
-    """(value, "") or (None, what is wrong): the rule for each sampling setting."""
-    _, parse, accepted = SETTINGS[name]
+    """(value, "") or (None, what is wrong), by the limits the engine applies too."""
+    limit = LIMITS[name]
     try:
-        value = parse(text.strip())
+        value = limit.kind(text.strip())
     except ValueError:
-        return None, f"{text.strip()!r} is not {accepted}"
-    fits = {
-        "temperature": 0 <= value <= 5,
-        "top_k": value >= 0,
-        "top_p": 0 < value <= 1,
-        "max_tokens": 1 <= value <= 4096,
-    }[name]
-    return (value, "") if fits else (None, f"{value} is not {accepted}")
+        return None, f"{text.strip()!r} is not {limit.describe()}"
+    return (value, "") if limit.accepts(value) else (None, f"{value} is not {limit.describe()}")
 
 
 @dataclass
@@ -93,7 +83,7 @@ class ChatPane(Vertical):
         self.live_run: str | None = None  # the name of the run training now, if any
         self.source = ""  # LIVE, or the run folder / checkpoint being served
         self.server: ChatServer | None = None
-        self.ready: dict[str, Any] | None = None  # the server's `ready` reply
+        self.ready: p.ChatReady | None = None  # the server's `ready` reply
         self.history: list[Exchange] = []
         self._ids = itertools.count(1)
         self._fresh = True  # the next request starts a new conversation
@@ -108,7 +98,8 @@ class ChatPane(Vertical):
             yield VerticalScroll(id="chat-history")
             with Vertical(id="chat-settings"):
                 yield Label("Sampling", classes="box-title")
-                for name, (default, _, accepted) in SETTINGS.items():
+                for name, accepted in SETTINGS.items():
+                    default = str(getattr(DEFAULTS, name))
                     yield FieldRow(name, default, placeholder=accepted, id=f"chat-{name}")
                 yield FieldRow("remember", False, id="chat-remember")
                 yield Static(
@@ -248,14 +239,7 @@ class ChatPane(Vertical):
             return False
         ask_id = f"chat-{next(self._ids)}"
         if self.source == LIVE:
-            request = p.SampleRequest(
-                prompt=prompt,
-                max_tokens=settings["max_tokens"],
-                temperature=settings["temperature"],
-                top_k=settings["top_k"],
-                top_p=settings["top_p"],
-                id=ask_id,
-            )
+            request = p.SampleRequest(prompt=prompt, id=ask_id, **settings)
             self._add(Exchange(ask_id, self.live_run or "live", prompt, note="waiting for a step"))
             self.post_message(self.AskLive(request))
             return True
@@ -263,12 +247,10 @@ class ChatPane(Vertical):
             self.notify("The model is still loading; try again in a moment.", severity="warning")
             return False
         remember = bool(self.query_one("#chat-remember", FieldRow).value)
-        request = {"id": ask_id, "prompt": prompt, **settings, "chat": remember}
-        if self._fresh:
-            request["reset"] = True
-            self._fresh = False
+        chat = p.ChatRequest(id=ask_id, prompt=prompt, chat=remember, reset=self._fresh, **settings)
+        self._fresh = False
         self._add(Exchange(ask_id, Path(self.source).name, prompt))
-        self.server.ask(request)
+        self.server.ask(chat)
         return True
 
     def _settings(self) -> tuple[dict[str, Any], str]:
@@ -309,32 +291,26 @@ class ChatPane(Vertical):
         if exchange is not None:
             exchange.note, exchange.done = "not sent: the run is not connected", True
 
-    def _reply(self, reply: dict[str, Any]) -> None:
-        kind = reply["type"]
-        if kind == "ready":
+    def _reply(self, reply: p.ChatReply) -> None:
+        if isinstance(reply, p.ChatReady):
             self.ready = reply
             self._info(
-                f"{Path(str(reply.get('checkpoint', self.source))).name} · step "
-                f"{reply.get('step')} · {reply.get('params', 0):,} parameters · context "
-                f"{reply.get('block_size')}"
+                f"{Path(reply.checkpoint or self.source).name} · step {reply.step} · "
+                f"{reply.params:,} parameters · context {reply.block_size}"
             )
             return
-        exchange = self._find(str(reply.get("id")))
+        exchange = self._find(str(getattr(reply, "id", None)))
         if exchange is None:
             return
-        if kind == "token":
-            exchange.answer += str(reply.get("text", ""))
+        if isinstance(reply, p.ChatToken):
+            exchange.answer += reply.text
             exchange.pieces += 1
-        elif kind == "end":
-            cut = (
-                " · the prompt was cut to fit the context" if reply.get("truncated_prompt") else ""
-            )
-            exchange.note = (
-                f"{reply.get('tokens')} tokens at {float(reply.get('tokens_per_s', 0)):.0f}/s{cut}"
-            )
+        elif isinstance(reply, p.ChatEnd):
+            cut = " · the prompt was cut to fit the context" if reply.truncated_prompt else ""
+            exchange.note = f"{reply.tokens} tokens at {reply.tokens_per_s:.0f}/s{cut}"
             exchange.done = True
-        elif kind == "error":
-            exchange.note, exchange.done = f"error: {reply.get('message')}", True
+        elif isinstance(reply, p.ChatError):
+            exchange.note, exchange.done = f"error: {reply.message}", True
 
     def _note(self, text: str) -> None:
         self._info(text, error=True)

@@ -1,7 +1,7 @@
 """The Config pane: pick a preset, edit every field, see faults and costs as you type, save.
 
 Every change rebuilds a candidate Config from the whole form, so what the pane reports valid is
-exactly what engine.config would load. Typing rules come from engine.config (apply_overrides and
+exactly what engine.contract.config would load. Typing rules come from it (apply_overrides and
 check), never from a second parser here, so the form and the command line cannot disagree.
 """
 
@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
-from engine.config import (
+from engine.contract.config import (
     CHOICES,
     SECTIONS,
     Config,
@@ -86,13 +86,14 @@ def from_editor(cfg: Config, key: str, kind: str, raw: bool | str) -> None:
     apply_overrides(cfg, [f"--{key}={raw}"])
     if kind == "list[str]" and raw.lstrip().startswith("[") and get_value(cfg, key) == [raw]:
         # not TOML, so the override took it as one bare prompt; brackets say a list was meant
-        raise ConfigError(f'{key} = {raw!r} is not a list of quoted strings, e.g. ["The ", "A "]')
+        raise ConfigError.field(
+            "form", key, raw, 'must be a list of quoted strings, e.g. ["The ", "A "]'
+        )
 
 
-def _reason(key: str, err: ConfigError) -> str:
-    """The part of an engine message worth showing beside the field it names."""
-    text, marker = str(err), f"{key} = "
-    return text.split(marker, 1)[1] if marker in text else text
+def _reason(err: ConfigError) -> str:
+    """What to show beside the field at fault: its value and what the field accepts."""
+    return f"{err.value!r} {err.allowed}" if err.allowed else str(err)
 
 
 def _row_id(key: str) -> str:
@@ -238,7 +239,7 @@ class ConfigPane(Vertical):
             try:
                 from_editor(candidate, key, self._kinds[key], row.value)
             except ConfigError as err:
-                wrong[key] = _reason(key, err)
+                wrong[key] = _reason(err)
         faults = check(candidate)
         self._errors = {
             k: wrong.get(k) or faults[k] for k in self._rows if k in wrong or k in faults

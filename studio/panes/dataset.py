@@ -24,8 +24,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DirectoryTree, Input, Label, ProgressBar, Select, Static
 
-from engine import protocol as p
-from engine.config import TIKTOKEN_VOCAB, Config, human, save
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.config import Config, save
+from engine.contract.render import event_line, human, progress_line
+from engine.contract.sizing import TIKTOKEN_VOCAB
 from studio.jobs import first_error, run_engine
 from studio.link import private_dir
 from studio.widgets.form import FieldRow
@@ -106,7 +109,8 @@ class DatasetPane(Vertical):
         self.errors: dict[str, str] = {}
         self.facts: dict | None = None  # the last `inspect --json` answer shown
         self.inspect_error = ""
-        self.prepared: str = ""  # where the last prepare put its shards
+        self.prepared: str = ""  # where the last prepare put its shards, as a line
+        self.ready: p.DataReady | None = None  # what the last prepare produced
         self.progress: tuple[float, float | None] = (0.0, None)
         self._inspected = ""  # the source (and options) the facts are about
 
@@ -290,20 +294,18 @@ class DatasetPane(Vertical):
         def on_line(line: bytes) -> None:
             try:
                 event = p.decode(line)
-            except p.ProtocolError:
+            except framing.ProtocolError:
                 return
             if isinstance(event, p.Progress):
                 self.progress = (event.done, event.total)
                 bar.update(total=event.total, progress=event.done)
-                amount = human(event.done, event.unit)
-                if event.total:
-                    amount += f" of {human(event.total, event.unit)}"
-                tokens = f", {human(event.tokens)} tokens" if event.tokens is not None else ""
-                text.update(f"{event.task}: {amount}{tokens}")
+                text.update(progress_line(event))
+            elif isinstance(event, p.DataReady):
+                self.ready = event
+                self.prepared = event_line(event, 0) or ""
+                text.update(self.prepared)
             elif isinstance(event, p.Log):
                 text.update(event.message)
-                if event.message.startswith(("prepared ", "using prepared data in ")):
-                    self.prepared = event.message
 
         try:
             exit, _ = await run_engine(

@@ -1,7 +1,7 @@
 """The Runs pane: every run under the config's out_dir; open one to see its curves; resume it
 or chat with it.
 
-Runs are read from disk (studio.rundir), never from memory, so a run trained headless on this
+Runs are read from disk (engine.contract.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
 followed: its curves grow while its metrics.jsonl does.
 """
@@ -18,8 +18,9 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
-from engine import protocol as p
-from studio.rundir import MetricsTail, RunInfo, list_runs
+from engine.contract import events as p
+from engine.contract.render import sample_block
+from engine.contract.rundir import MetricsTail, RunDir, RunInfo, list_runs
 from studio.widgets.charts import RunCharts
 
 REFRESH_S = 3.0
@@ -130,7 +131,7 @@ class RunsPane(Vertical):
             self.notify("No run chosen: train one first, or pick a row.", severity="warning")
             return
         self.opened = run.path
-        self._tail = MetricsTail(run.path / "metrics.jsonl")
+        self._tail = RunDir(run.path).tail()
         self._last_sample = None
         self.query_one(RunCharts).clear()
         self.query_one("#runs-sample", Static).update("")
@@ -152,9 +153,7 @@ class RunsPane(Vertical):
                 self._last_sample = event
         if events and self._last_sample is not None:
             s = self._last_sample
-            self.query_one("#runs-sample", Static).update(
-                f"latest sample, step {s.step} · {s.prompt!r}\n{s.prompt}{s.text}"
-            )
+            self.query_one("#runs-sample", Static).update(f"latest sample, {sample_block(s)}")
 
     def action_resume(self) -> None:
         run = self._chosen()

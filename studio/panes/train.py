@@ -26,10 +26,11 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Button, Label, ProgressBar, RichLog, Static
 
-from engine import protocol as p
-from engine.config import Config, duration, human
+from engine.contract import events as p
+from engine.contract.config import Config
+from engine.contract.render import duration, event_line, human, progress_line, sample_block
+from engine.contract.rundir import MetricsTail, RunDir
 from studio.jobs import Exit, TrainJob, first_error
-from studio.rundir import MetricsTail
 from studio.widgets.charts import RunCharts
 from studio.widgets.dialogs import ChoiceDialog
 
@@ -44,8 +45,8 @@ IDLE, STARTING, TRAINING, PAUSED, STOPPING, FOLLOWING = (
 
 
 def holds_run(run_dir: Path) -> bool:
-    """What engine.train refuses to start over: a run directory with metrics or checkpoints."""
-    return any((run_dir / n).exists() for n in ("metrics.jsonl", "checkpoints"))
+    """What engine.train refuses to start over (the one rule in RunDir)."""
+    return RunDir(run_dir).is_run()
 
 
 def free_name(out_dir: Path, name: str) -> str:
@@ -312,7 +313,7 @@ class TrainPane(Vertical):
     def follow(self, run_dir: Path) -> None:
         """Show a run someone else started, from its metrics.jsonl as it grows."""
         self._reset(run_dir.name, run_dir)
-        self.follow_tail = MetricsTail(run_dir / "metrics.jsonl")
+        self.follow_tail = RunDir(run_dir).tail()
         self.state = FOLLOWING
         self._log(f"following {run_dir / 'metrics.jsonl'} (read-only: the run is not ours)")
         self._read_followed()
@@ -384,8 +385,10 @@ class TrainPane(Vertical):
                     new_samples = True
             elif isinstance(event, p.Progress):
                 self._preparing(event)
-            elif isinstance(event, p.Log) and event.level == "info" and self.state != FOLLOWING:
-                self._paused_or_resumed(event.message)
+            elif isinstance(event, p.Paused) and self.state == TRAINING:
+                self.state = PAUSED
+            elif isinstance(event, p.Resumed) and self.state == PAUSED:
+                self.state = TRAINING
             line = describe(event)
             if line is not None:
                 bad = isinstance(event, p.Error) or (
@@ -408,22 +411,12 @@ class TrainPane(Vertical):
         if self.max_steps:
             return
         self.query_one(ProgressBar).update(total=event.total, progress=event.done)
-        amount = human(event.done, event.unit)
-        if event.total:
-            amount += f" of {human(event.total, event.unit)}"
-        self.query_one("#train-eta", Label).update(f"{event.task}: {amount}")
-
-    def _paused_or_resumed(self, message: str) -> None:
-        # the engine confirms pause and resume with these log lines (engine.train.obey)
-        if message.startswith("paused after step") and self.state == TRAINING:
-            self.state = PAUSED
-        elif message.startswith("resumed at step") and self.state == PAUSED:
-            self.state = TRAINING
+        self.query_one("#train-eta", Label).update(progress_line(event))
 
     def _show_samples(self) -> None:
         latest = self.samples[-1].step
         shown = [s for s in self.samples if s.step == latest]
-        text = "\n\n".join(f"step {s.step} · {s.prompt!r}\n{s.prompt}{s.text}" for s in shown)
+        text = "\n\n".join(sample_block(s) for s in shown)
         self.query_one("#train-samples", Static).update(text)
 
     def _show_status(self) -> None:
@@ -484,14 +477,8 @@ def describe(event: p.Event) -> str | None:
         return f"step {event.step}: val loss {event.val_loss:.4f} (perplexity {event.ppl:.2f})"
     if isinstance(event, p.Checkpoint):
         return f"step {event.step}: saved {event.path}" + (" (best so far)" if event.best else "")
-    if isinstance(event, p.Done):
-        return f"done at step {event.step} ({event.reason}) after {duration(event.elapsed_s)}"
-    if isinstance(event, p.Error):
-        return f"error: {event.message}"
-    if isinstance(event, p.Log):
-        return event.message if event.level == "info" else f"{event.level}: {event.message}"
-    if isinstance(event, p.Progress):
-        return None
+    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady)):
+        return event_line(event, 0)  # as the engine's console writes it
     if isinstance(event, p.Sample) and event.id:
         return f"step {event.step}: answered sample request {event.id}"
     return None

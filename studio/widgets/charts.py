@@ -20,8 +20,9 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widget import Widget
 
-from engine import protocol as p
-from engine.config import human
+from engine.contract import events as p
+from engine.contract import framing
+from engine.contract.render import human
 
 REDRAW_S = 2.0
 MARKERS = ("braille", "dot")  # the second series stands out from the first in monochrome too
@@ -204,12 +205,12 @@ class RunCharts(Grid):
     def add(self, event: p.Event) -> None:
         """Take the figures a step or an evaluation carries; other events are not charted."""
         if isinstance(event, p.Step):
-            self.chart("loss").add("train", event.step, p.finite_or_none(event.loss))
+            self.chart("loss").add("train", event.step, framing.finite_or_none(event.loss))
             self.chart("lr").add("lr", event.step, event.lr)
             self.chart("speed").add("tok/s", event.step, event.tokens_per_s)
             self.chart("memory").add("mem", event.step, event.mem_gb)
         elif isinstance(event, p.Eval):
-            self.chart("loss").add("val", event.step, p.finite_or_none(event.val_loss))
+            self.chart("loss").add("val", event.step, framing.finite_or_none(event.val_loss))
 
     def clear(self) -> None:
         for chart in self.query(Chart):

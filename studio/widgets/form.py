@@ -1,7 +1,7 @@
 """One editable setting: its name, an editor that fits its type, and its fault right under it.
 
 A row knows nothing about what its value means; the pane that owns it parses the raw value and
-sets `error`. That keeps typing rules in one place (engine.config) and rows reusable.
+sets `error`. That keeps typing rules in one place (engine.contract.config) and rows reusable.
 """
 
 from __future__ import annotations

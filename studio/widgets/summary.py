@@ -1,6 +1,6 @@
 """What a config costs, in the figures a person decides with: size, tokens, memory, FLOPs.
 
-Recomputed from the config alone (engine.config.summary) on every valid edit, so the effect of a
+Recomputed from the config alone (engine.contract.sizing.summary) on every valid edit, so the effect of a
 change is seen before anything is built.
 """
 
@@ -13,7 +13,9 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from engine.config import Config, human, summary
+from engine.contract.config import Config
+from engine.contract.render import human
+from engine.contract.sizing import summary
 
 MEMORY_PARTS = {
     "params": "weights",
@@ -34,7 +36,7 @@ class ConfigSummary(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.figures: dict[str, Any] = {}
-        """The last `engine.config.summary` shown: tests and other panes read numbers here."""
+        """The last `engine.contract.sizing.summary` shown: tests and other panes read numbers here."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary-problems", markup=False)

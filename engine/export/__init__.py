@@ -14,7 +14,6 @@ of 64) are dropped: an exported model can only produce ids its tokenizer can dec
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 import torch
 
 from engine import checkpoint, hf
-from engine.config import ModelConfig
-from engine.errors import UsageError, cli_entry
+from engine.contract.config import ModelConfig
+from engine.contract.errors import UsageError
 from engine.tokenizer import EOT, BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 from engine.tokenizer import from_spec as tokenizer_from_spec
 
@@ -285,24 +284,3 @@ def export(source: str | Path, out_dir: str | Path, *, force: bool = False) -> s
     config = json.dumps(tokenizer_config(cfg.block_size), indent=2)
     (out / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
     return fmt
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.export",
-        description="Write a checkpoint as a Hugging Face model folder (GPT-2 or Llama format).",
-    )
-    parser.add_argument("source", help="a run directory, a checkpoint file, or hf:PATH")
-    parser.add_argument("out_dir", help="the folder to write (new or empty)")
-    parser.add_argument(
-        "--force", action="store_true", help="write into a folder that already holds files"
-    )
-    args = parser.parse_args(argv)
-    fmt = export(args.source, args.out_dir, force=args.force)
-    print(f"exported {FORMATS[fmt][0]} model to {args.out_dir} ({', '.join(FILES)})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,18 +1,16 @@
-"""`python -m engine.plan CONFIG --gpus N [--gpu-memory-gb M]`: will it fit, and how to spread it.
+"""Per-GPU memory under DDP and FSDP: the text `python -m engine.plan` prints.
 
 Prints, per GPU, the memory of the weights, gradients, AdamW state and activations under DDP and
 under FSDP, whether each fits, and the largest micro-batch that does. The arithmetic is
-`engine.config.plan`, which the studio's Config pane shares; like it, this never imports torch,
+`engine.contract.sizing.plan`, which the studio's Config pane shares; like it, this never imports torch,
 so it answers in a moment on a laptop with no GPU.
 """
 
 from __future__ import annotations
 
-import argparse
-
-from engine import config
-from engine.config import Config, human
-from engine.errors import cli_entry
+from engine.contract import sizing
+from engine.contract.config import Config
+from engine.contract.render import human
 
 ROWS = {
     "params": "parameters",
@@ -25,11 +23,11 @@ ROWS = {
 
 def describe(cfg: Config, gpus: int, gpu_memory_gb: float) -> str:
     """The plan as aligned lines of text: a header, then one column per strategy."""
-    figures = config.plan(cfg, gpus, gpu_memory_gb)
-    t, s = cfg.train, config.summary(cfg)
+    figures = sizing.plan(cfg, gpus, gpu_memory_gb)
+    t, s = cfg.train, sizing.summary(cfg)
     sequences = t.batch_size * t.grad_accum * gpus
     tokens = sequences * cfg.model.block_size
-    usable = gpu_memory_gb * config.USABLE_FRACTION
+    usable = gpu_memory_gb * sizing.USABLE_FRACTION
     guess = (
         " (a char vocabulary is a guess until the corpus is read)" if s["vocab_is_guess"] else ""
     )
@@ -69,26 +67,3 @@ def describe(cfg: Config, gpus: int, gpu_memory_gb: float) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("es" if noun.endswith("h") else "s") * (n != 1)
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.plan",
-        description="Per-GPU training memory under DDP and FSDP, whether it fits, and the "
-        "largest micro-batch that does. Any config key can be overridden as --section.key=value.",
-    )
-    parser.add_argument("config", help="a TOML config, e.g. presets/large.toml")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs in the whole job (default 1)")
-    parser.add_argument(
-        "--gpu-memory-gb", type=float, default=80.0, metavar="M",
-        help="memory of each GPU in GiB, as nvidia-smi counts it (default 80)",
-    )  # fmt: skip
-    args, overrides = parser.parse_known_args(argv)
-    cfg = config.load(args.config, overrides)
-    print(describe(cfg, args.gpus, args.gpu_memory_gb), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,513 @@
+"""One run configuration: the schema (dataclasses), TOML in and out, `--section.key=value`
+overrides, validation and the presets.
+
+Torch-free like the rest of engine.contract: the studio edits configs with it, and the engine reads
+them with the same rules, so a value one side accepts the other accepts too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.contract.errors import UsageError
+from engine.files import atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent.parent / "presets"
+BPE_MIN_VOCAB = 260  # 256 bytes, the end-of-text token and room for a few merges
+BPE_MAX_VOCAB = 2**20
+
+
+class ConfigError(UsageError):
+    """A config value that cannot be used.
+
+    str() is the one line a command prints; the fields let a form mark the field at fault and
+    say what it accepts without parsing that line: `origin` (the file, override or form the value
+    came from), `key` (dotted, e.g. "train.lr"), `value` and `allowed` ("must be ...").
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        origin: str | None = None,
+        key: str | None = None,
+        value: Any = None,
+        allowed: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.origin, self.key, self.value, self.allowed = origin, key, value, allowed
+
+    @classmethod
+    def field(cls, origin: str, key: str, value: Any, allowed: str) -> ConfigError:
+        """A fault in one field, as "ORIGIN: KEY = VALUE ALLOWED"."""
+        return cls(
+            f"{origin}: {key} = {value!r} {allowed}",
+            origin=origin,
+            key=key,
+            value=value,
+            allowed=allowed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON data (for the engine's error event)."""
+        value = self.value if isinstance(self.value, (str, int, float, bool, list)) else None
+        return {"origin": self.origin, "key": self.key, "value": value, "allowed": self.allowed}
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    n_kv_head: int = 0  # 0: same as n_head (plain multi-head attention)
+    block_size: int = 256
+    vocab_size: int = 0  # 0: taken from the tokenizer, padded to a multiple of 64
+    dropout: float = 0.0
+    bias: bool = False
+    pos: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    norm_affine: bool = True  # false: norms without learned gains (parameter-free RMSNorm)
+    mlp: str = "gelu"  # gelu | swiglu | relu2 (relu squared, not gated)
+    mlp_hidden: int = 0  # 0: 4*n_embd for gelu and relu2, about 8/3*n_embd (x64) for swiglu
+    qk_norm: bool = False  # normalise each head's queries and keys before attention (Qwen3)
+    logit_softcap: float = 0.0  # > 0: logits squashed smoothly into (-cap, cap); 0: off
+    zero_init: bool = False  # output projections of attention and MLP start at zero
+    tie_embeddings: bool = True
+    activation_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            # two input matrices instead of one: 2/3 of 4d keeps the parameter count of a GELU MLP
+            return round_up(int(8 * self.n_embd / 3), 64)
+        return 4 * self.n_embd
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | bpe | tiktoken
+    name: str = "cl100k_base"  # tiktoken encoding
+    vocab_size: int = 8192  # bpe: size to train to
+    path: str = ""  # bpe: an existing tokenizer.json instead of training one
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:prose"
+    text_column: str = "text"  # jsonl field / parquet column
+    include: str = "*.txt"  # glob for files under a directory source
+    val_fraction: float = 0.01
+    streaming: bool = False  # tokenize on the fly instead of preparing shards first
+    cache_dir: str = ""  # prepared shards; "": $GPT_STUDIO_CACHE or ~/.cache/gpt-studio
+    num_workers: int = 0  # tokenizing processes; 0: one per core
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per GPU) | fsdp (sharded)
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+    lr_schedule: str = "cosine"  # cosine | linear | constant | wsd
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    # optimizer = "muon": each group's own learning rate (the schedule scales all of them alike)
+    # and weight decay; train.lr then drives only the 1-D gains and biases
+    matrix_lr: float = 0.02  # Muon: the hidden 2-D matrices of every block
+    matrix_weight_decay: float = 0.0
+    embedding_lr: float = 0.2  # AdamW: the token (and position) tables
+    embedding_weight_decay: float = 0.0
+    head_lr: float = 0.004  # AdamW: the output layer, when untied
+    head_weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    muon_momentum_warmup: int = 300  # steps to raise Muon's momentum from 0.85; 0: none
+    eval_interval: int = 250
+    eval_steps: int = 20
+    sample_interval: int = 500
+    sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
+    sample_tokens: int = 200
+    seed: int = 1337
+    init_from: str = ""  # a checkpoint to start from (fine-tuning)
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1000
+    keep_last: int = 5
+    keep_best: bool = True
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10
+    csv: bool = False
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "gpt-studio"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in fields(Config)
+    if f.default_factory is not dataclasses.MISSING
+}
+TOP_LEVEL = [f.name for f in fields(Config) if f.name not in SECTIONS]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.pos": ("learned", "rope"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.mlp": ("gelu", "swiglu", "relu2"),
+    "tokenizer.kind": ("char", "bpe", "tiktoken"),
+    "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
+    "train.optimizer": ("adamw", "muon"),
+    "train.parallel": ("ddp", "fsdp"),
+}
+POSITIVE = {
+    "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
+    "model.norm_eps", "train.batch_size", "train.grad_accum", "train.max_steps", "train.lr",
+    "train.eval_interval", "train.eval_steps", "train.sample_interval", "train.sample_tokens",
+    "checkpoint.interval", "checkpoint.keep_last", "log.interval",
+}  # fmt: skip
+NON_NEGATIVE = {
+    "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
+    "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
+    "data.num_workers", "model.logit_softcap", "train.matrix_lr", "train.embedding_lr",
+    "train.head_lr", "train.matrix_weight_decay", "train.embedding_weight_decay",
+    "train.head_weight_decay", "train.muon_momentum_warmup",
+}  # fmt: skip
+FRACTIONS = {"model.dropout", "data.val_fraction", "train.decay_fraction"}  # in [0, 1)
+BETAS = {"train.beta1", "train.beta2", "train.muon_momentum"}  # in [0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, saving, overriding
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config, apply `--section.key=value` overrides, and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such config file (give a .toml file, e.g. presets/tiny.toml)"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    cfg = from_dict(raw, origin=str(path))
+    origins = apply_overrides(cfg, overrides)
+    for where, value, allowed in _faults(cfg):
+        raise ConfigError.field(origins.get(where, str(path)), where, value, allowed)
+    return cfg
+
+
+def presets() -> dict[str, Path]:
+    """The shipped presets by name, smallest first: tiny, mini, medium, large."""
+    order = ["tiny", "mini", "medium", "large"]
+    found = {p.stem: p for p in PRESETS_DIR.glob("*.toml")}
+    return dict(
+        sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 9, kv[0]))
+    )
+
+
+def load_preset(name: str, overrides: Sequence[str] = ()) -> Config:
+    found = presets()
+    if name not in found:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(found)}")
+    return load(found[name], overrides)
+
+
+def preset_description(path: str | Path) -> str:
+    """The comment on a preset's first line: what it is for and its size."""
+    first = Path(path).read_text(encoding="utf-8").splitlines()[0]
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
+
+
+def loads(text: str, origin: str = "<string>") -> Config:
+    """Parse and validate a config from TOML text (the studio's editor and tests use this)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{origin}: not valid TOML: {err}") from None
+    cfg = from_dict(raw, origin=origin)
+    validate(cfg, origin=origin)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def save(cfg: Config, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the config as TOML; an existing file is replaced only when asked, and atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; choose another name or allow overwriting")
+    atomic_write_text(path, dumps(cfg))
+    return path
+
+
+def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Build a Config from nested dicts, checking every key and type (not yet cross-field rules)."""
+    cfg = Config()
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: [{key}] must be a table, got {value!r}")
+            section = getattr(cfg, key)
+            for sub, subvalue in value.items():
+                _set(section, key, sub, subvalue, origin)
+        else:
+            _set(cfg, "", key, value, origin)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> dict[str, str]:
+    """Apply `--section.key=value` (or `--name=value` for top-level keys) in order.
+
+    Returns which override set each dotted key, so a later fault can name the override.
+    """
+    origins: dict[str, str] = {}
+    for item in overrides:
+        body = item[2:] if item.startswith("--") else item
+        if "=" not in body:
+            raise ConfigError(
+                f"override {item!r}: expected --section.key=value, e.g. --train.lr=3e-4"
+            )
+        dotted, text = body.split("=", 1)
+        section, _, key = dotted.rpartition(".")
+        origin = f"override {item!r}"
+        value = _parse_value(text)
+        if section:
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"{origin}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}"
+                )
+            _set(getattr(cfg, section), section, key, value, origin)
+        else:
+            _set(cfg, "", key, value, origin)
+        origins[dotted] = origin
+    return origins
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value if it parses as one (3e-4, true, [..], "quoted"), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
+    where = f"{section}.{key}" if section else key
+    known = {f.name: f for f in fields(target) if f.name not in SECTIONS}
+    if key not in known:
+        scope = f"[{section}]" if section else "the top level"
+        if section:
+            hint = _did_you_mean(key, known, prefix=f"{section}.")
+        elif key in SECTIONS:
+            hint = f" ([{key}] is a table)"
+        else:
+            hint = _did_you_mean(key, [*known, *SECTIONS])
+        raise ConfigError(
+            f"{origin}: unknown key {where!r} in {scope}{hint}",
+            origin=origin,
+            key=where,
+            value=value,
+        )
+    setattr(target, key, _coerce(value, known[key], where, origin))
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str, origin: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+    def bad(allowed: str) -> ConfigError:
+        return ConfigError.field(origin, where, value, "must be " + allowed)
+
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad("a whole number")
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise bad("a finite number")
+            return float(value)
+        raise bad("a number")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # --name=123 on the command line
+        raise bad("a string")
+    if kind == "list[str]":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise bad('a list of strings, e.g. ["Once upon a time", "def "]')
+    raise AssertionError(f"no coercion for field type {kind}")  # our bug
+
+
+def _did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(cfg: Config, origin: str = "config") -> Config:
+    """Raise on the first fault: right for a command line, where one clear line is the answer."""
+    for where, value, allowed in _faults(cfg):
+        raise ConfigError.field(origin, where, value, allowed)
+    return cfg
+
+
+def check(cfg: Config) -> dict[str, str]:
+    """Every fault, keyed by dotted field name: a form shows each one beside its field."""
+    faults: dict[str, str] = {}
+    for where, value, allowed in _faults(cfg):
+        faults.setdefault(where, f"{value!r} {allowed}")
+    return faults
+
+
+def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
+    """(field, value, what is allowed) for each fault: ranges, choices, rules across fields."""
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        yield "name", cfg.name, "must be a plain, non-empty folder name (no slashes)"
+    if not cfg.out_dir:
+        yield "out_dir", cfg.out_dir, "must be a folder path, e.g. 'runs'"
+
+    for section in SECTIONS:
+        for f in fields(getattr(cfg, section)):
+            where = f"{section}.{f.name}"
+            value = getattr(getattr(cfg, section), f.name)
+            if where in CHOICES and value not in CHOICES[where]:
+                yield where, value, f"must be one of {', '.join(CHOICES[where])}"
+            elif where in POSITIVE and value <= 0:
+                yield where, value, "must be greater than 0"
+            elif where in NON_NEGATIVE and value < 0:
+                yield where, value, "must be 0 or more"
+            elif where in FRACTIONS | BETAS and not 0 <= value < 1:
+                yield where, value, "must be at least 0 and below 1"
+
+    m, t, tok = cfg.model, cfg.train, cfg.tokenizer
+    if m.n_head > 0 and m.n_embd > 0:
+        if m.n_embd % m.n_head:
+            low = m.n_embd - m.n_embd % m.n_head
+            near = " or ".join(str(n) for n in (low, low + m.n_head) if n > 0)
+            yield (
+                "model.n_embd",
+                m.n_embd,
+                f"must be divisible by model.n_head = {m.n_head} (e.g. {near})",
+            )
+        elif m.pos == "rope" and m.head_dim % 2:
+            yield "model.n_embd", m.n_embd, f"gives odd head size {m.head_dim}; rope needs it even"
+        if m.n_kv_head > 0 and (m.n_kv_head > m.n_head or m.n_head % m.n_kv_head):
+            yield "model.n_kv_head", m.n_kv_head, f"must divide model.n_head = {m.n_head} (0: same)"
+    if tok.kind == "bpe" and not tok.path and not BPE_MIN_VOCAB <= tok.vocab_size <= BPE_MAX_VOCAB:
+        yield (
+            "tokenizer.vocab_size",
+            tok.vocab_size,
+            f"must be from {BPE_MIN_VOCAB} to {BPE_MAX_VOCAB} for bpe",
+        )
+    if m.vocab_size and tok.kind == "bpe" and m.vocab_size < tok.vocab_size:
+        yield (
+            "model.vocab_size",
+            m.vocab_size,
+            f"is below tokenizer.vocab_size = {tok.vocab_size} (0: automatic)",
+        )
+    if tok.kind == "tiktoken" and not tok.name:
+        yield "tokenizer.name", tok.name, "must name a tiktoken encoding, e.g. cl100k_base"
+    if not cfg.data.source:
+        yield "data.source", cfg.data.source, "must name a corpus, e.g. 'builtin:prose' or a path"
+    if t.min_lr > t.lr > 0:
+        yield "train.min_lr", t.min_lr, f"must not exceed train.lr = {t.lr}"
+    if t.warmup_steps > t.max_steps > 0:
+        yield "train.warmup_steps", t.warmup_steps, f"exceeds train.max_steps = {t.max_steps}"
+    if not (t.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(t.device)):
+        yield "train.device", t.device, "must be auto, cpu, cuda, cuda:N or mps"
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def auto_device(cuda: bool, mps: bool) -> str:
+    """What train.device = "auto" (and `engine.generate --device auto`) picks, given what the
+    machine has: a CUDA GPU, then Apple's MPS, then the CPU."""
+    if cuda:
+        return "cuda"
+    if mps:
+        return "mps"
+    return "cpu"
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
