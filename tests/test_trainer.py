@@ -66,7 +66,7 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     one = _model_and_optimizer(0)
     batches = Batches()
     for _ in range(2):
-        one.step(batches, 1e-2, 1, 1.0)
+        one.step(batches, 1, 1.0)
     saved = copy.deepcopy(one.state_dict())  # as a file would: no tensor shared with `one`
     two = _model_and_optimizer(1)  # different weights and an empty optimizer
     two.model.load_state_dict(saved["model"])  # weights go in before the model is wrapped
@@ -74,8 +74,8 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     again = Batches()
     again.gen.set_state(batches.gen.get_state())
     for _ in range(2):
-        a = one.step(batches, 1e-2, 1, 1.0)
-        b = two.step(again, 1e-2, 1, 1.0)
+        a = one.step(batches, 1, 1.0)
+        b = two.step(again, 1, 1.0)
         assert a.item() == b.item()
     for x, y in zip(one.model.parameters(), two.model.parameters(), strict=True):
         assert torch.equal(x, y)
