@@ -1,7 +1,7 @@
 """The Trainer: build, resume, then step, log, evaluate, sample, save — calling named parts.
 
     data loaders       engine.data            batches; their position is part of a checkpoint
-    model+optimizer    trainer.optim          the step; weights, AdamW and loss-scaler state
+    model+optimizer    trainer.optim          the step; weights, optimizer and loss-scaler state
     LR schedule        engine.schedule        a pure function of the step: nothing to save
     run control        trainer.control        studio commands and signals, agreed across ranks
     reporting          trainer.reporting      step, eval and sample records to engine.metrics
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, data, device, distributed, metrics, optim, remote
+from engine import checkpoint, data, device, distributed, metrics, remote
 from engine.contract import config, sizing
 from engine.contract import events as p
 from engine.contract.config import Config
@@ -26,6 +26,8 @@ from engine.contract.errors import UsageError
 from engine.contract.rundir import RunDir
 from engine.generate import generate
 from engine.model import GPT
+from engine.optim import build as build_optimizer
+from engine.optim import set_step
 from engine.tokenizer import Tokenizer, from_spec
 from engine.trainer.control import RunControl
 from engine.trainer.optim import ModelAndOptimizer
@@ -120,7 +122,7 @@ class Trainer:
         t = cfg.train
         group.seed(t.seed)
         parallel = distributed.Parallel(model, group, t.parallel)
-        optimizer = optim.build(model, t)
+        optimizer = build_optimizer(model, t)
 
         self.cfg, self.group, self.runtime, self.tokenizer = cfg, group, runtime, tokenizer
         self.model = model
@@ -193,7 +195,7 @@ class Trainer:
         try:
             with control.signals(at_once=world == 1):
                 while progress.step < t.max_steps and not control.stop:
-                    lr = optim.set_step(self.optim.optimizer, progress.step, t)
+                    lr = set_step(self.optim.optimizer, progress.step, t)
                     meter.add(self.optim.step(self.train_loader, t.grad_accum, t.grad_clip))
                     progress.step += 1
                     progress.tokens += tokens_per_step
