@@ -40,7 +40,9 @@ def describe(cfg: Config) -> str:
     return "\n".join(
         [
             f"{cfg.name}: {m.n_layer} layers, {heads}, {m.n_embd} wide, context {m.block_size}; "
-            f"{m.pos} positions, {m.norm}, {m.mlp}",
+            f"{m.pos} positions, {m.norm}, {m.mlp}"
+            + (", qk-norm" if m.qk_norm else "")
+            + f"; {cfg.train.optimizer}",
             f"  tokenizer   {cfg.tokenizer.kind}, vocab {s['vocab_size']}"
             + (guess if s["vocab_is_guess"] else ""),
             f"  parameters  {human(s['params'])} "

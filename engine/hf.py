@@ -22,7 +22,7 @@ from engine.contract.errors import UsageError
 from engine.model import GPT
 from engine.tokenizer import EOT, BPETokenizer
 
-LAYOUTS = ("gpt2", "llama")
+LAYOUTS = ("gpt2", "llama", "qwen3")  # Qwen3 is Llama with QK-norm and no MLP bias
 
 # (ours, theirs, transposed) inside block i. GPT-2 keeps its matrices as Conv1D, (in, out): the
 # transpose of nn.Linear's (out, in). Its c_attn is already q, k and v side by side, like ours.
@@ -78,6 +78,11 @@ def pairs(layout: str, cfg: ModelConfig) -> list[Pair]:
             for kind in kinds:
                 qkv = tuple(f"{at}.{p}_proj.{kind}" for p in "qkv")
                 out.append((f"blocks.{i}.attn.qkv.{kind}", qkv, False))
+            if layout == "qwen3":
+                for p in "qk":
+                    out.append(
+                        (f"blocks.{i}.attn.{p}_norm.weight", (f"{at}.{p}_norm.weight",), False)
+                    )
             for ours, theirs in _LLAMA_BLOCK:
                 for kind in kinds if "{}" in ours else ("weight",):
                     out.append(
@@ -115,9 +120,11 @@ def to_theirs(
     theirs: dict[str, torch.Tensor] = {}
     for name, names, transposed in pairs(layout, cfg):
         tensor = ours.get(name)
-        if tensor is None and name.endswith(".bias"):
-            # GPT-2 has biases everywhere; zeros compute what a model without them computes
-            tensor = torch.zeros(ours[name.removesuffix("bias") + "weight"].size(0))
+        if tensor is None:
+            # GPT-2 has biases everywhere and every format has norm gains: zeros and ones
+            # compute what a model without them computes
+            width = _width(name, cfg)
+            tensor = torch.zeros(width) if name.endswith(".bias") else torch.ones(width)
         tensor = tensor.t() if transposed else tensor
         if len(names) > 1:  # q, k, v
             q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
@@ -129,12 +136,25 @@ def to_theirs(
     return theirs
 
 
+def _width(name: str, cfg: ModelConfig) -> int:
+    """The size of a bias or norm gain our model may lack, from its name."""
+    if "_norm." in name:
+        return cfg.head_dim  # QK-norm works per head
+    if "norm" in name:
+        return cfg.n_embd
+    if ".qkv." in name:
+        return (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
+    if ".fc." in name:
+        return cfg.hidden_dim
+    return cfg.n_embd  # the output projections
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a directory
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Weights, model config and tokenizer of a Hugging Face GPT-2 or Llama directory."""
+    """Weights, model config and tokenizer of a Hugging Face GPT-2, Llama or Qwen3 directory."""
     d = Path(path)
     if not d.is_dir():
         raise UsageError(f"hf:{path}: not a directory; give a Hugging Face model folder")
@@ -217,8 +237,10 @@ def model_config(layout: str, c: dict[str, Any], where: str) -> ModelConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         refuse("rope type", rope_type, "'default' (no RoPE scaling)")
-    if c.get("attention_bias", False) != c.get("mlp_bias", False):
+    if layout == "llama" and c.get("attention_bias", False) != c.get("mlp_bias", False):
         refuse("attention_bias", c.get("attention_bias"), "the same value as mlp_bias")
+    if layout == "qwen3" and c.get("attention_bias", False):
+        refuse("attention_bias", True, "false (Qwen3's MLP has no biases to match)")
     hidden, heads = need("hidden_size"), need("num_attention_heads")
     head_dim = c.get("head_dim") or hidden // heads
     if hidden % heads or head_dim != hidden // heads:
@@ -238,6 +260,7 @@ def model_config(layout: str, c: dict[str, Any], where: str) -> ModelConfig:
         norm_eps=float(c.get("rms_norm_eps", 1e-6)),
         mlp="swiglu",
         mlp_hidden=need("intermediate_size"),
+        qk_norm=layout == "qwen3",
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
     )
 

@@ -1,7 +1,8 @@
 """The GPT: a decoder-only transformer, written top to bottom in the order data flows through it.
 
 One file, one reading. The architecture switches of `ModelConfig` — learned or rotary positions,
-LayerNorm or RMSNorm, GELU or SwiGLU, grouped-query attention, tied embeddings, biases — are small
+LayerNorm or RMSNorm (with or without gains), GELU, SwiGLU or ReLU², grouped-query attention,
+QK-norm, logit soft-capping, zero-initialised projections, tied embeddings, biases — are small
 branches inside these classes rather than a plugin system, so the whole model fits in one sitting.
 """
 
@@ -19,10 +20,11 @@ from engine.contract.sizing import flops_per_token, loss_chunk_rows
 from engine.loss import linear_cross_entropy
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, width: int | None = None) -> nn.Module:
+    width = width or cfg.n_embd
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        return nn.RMSNorm(width, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
+    return nn.LayerNorm(width, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine, bias=cfg.bias)
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +96,10 @@ class Attention(nn.Module):
         self.split = (q_dim, kv_dim, kv_dim)
         self.qkv = nn.Linear(cfg.n_embd, sum(self.split), bias=cfg.bias)
         self.proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.bias)
+        # QK-norm bounds every attention logit by the head size, so a large learning rate
+        # cannot blow softmax up into one-hot attention (the Muon recipe relies on it)
+        self.q_norm = make_norm(cfg, self.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, self.head_dim) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -110,6 +116,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:  # before RoPE, as Qwen3 does, so the export is exact
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -137,7 +145,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d, h = cfg.n_embd, cfg.hidden_dim
-        self.swiglu = cfg.mlp == "swiglu"
+        self.swiglu, self.relu2 = cfg.mlp == "swiglu", cfg.mlp == "relu2"
         if self.swiglu:
             self.gate = nn.Linear(d, h, bias=cfg.bias)
             self.up = nn.Linear(d, h, bias=cfg.bias)
@@ -149,6 +157,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             h = F.silu(self.gate(x)) * self.up(x)
+        elif self.relu2:
+            h = F.relu(self.fc(x)).square()  # sparse like ReLU, smooth near zero like GELU
         else:
             # the tanh form is GPT-2's own ("gelu_new"), so imported weights give equal logits
             h = F.gelu(self.fc(x), approximate="tanh")
@@ -203,8 +213,13 @@ class GPT(nn.Module):
         # scaled by 1/sqrt(2·n_layer) to keep the stream's variance flat with depth.
         residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+            for proj in (block.attn.proj, block.mlp.proj):
+                if cfg.zero_init:
+                    # every block starts as the identity: the stream is the embedding until
+                    # training finds a use for each block (modded-nanogpt, nanochat)
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -276,6 +291,11 @@ class GPT(nn.Module):
                 h = x.reshape(tokens, -1)
                 return None, linear_cross_entropy(h, self.lm_head.weight, targets.view(-1), rows)
         logits = self.lm_head(x)
+        if self.cfg.logit_softcap > 0:
+            # fp32: tanh saturates early in bf16; a bounded logit keeps early steps of a high
+            # learning rate from betting everything on one token
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits.float() / cap)
         if targets is None:
             return logits, None
         # fp32 for the loss: a bf16 log-softmax over a large vocabulary loses too much
@@ -320,19 +340,9 @@ class GPT(nn.Module):
         betas: tuple[float, float] = (0.9, 0.95),
         fused: bool | None = None,
     ) -> torch.optim.AdamW:
-        """AdamW that decays matrices only: shrinking norm gains and biases to zero only hurts.
+        """GPT-2's AdamW over this model (engine.optim.build for every optimizer and group)."""
+        from engine import optim
+        from engine.contract.config import TrainConfig
 
-        `fused` (one kernel for all parameters) defaults to on for plain tensors on CUDA or a
-        CPU: on a small model the per-tensor loop of the default path is a tenth of a step.
-        Sharded (DTensor) weights keep the default path.
-        """
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        if fused is None:
-            fused = all(
-                type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params
-            )
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+        t = TrainConfig(lr=lr, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1])
+        return optim.build(self, t, fused=fused)

@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
 
 
 def test_every_preset_loads_and_validates():
-    assert list(config.presets()) == ["tiny", "mini", "medium", "large"]
+    assert list(config.presets()) == ["tiny", "mini", "medium", "large", "gpt2"]
     for name in config.presets():
         cfg = config.load_preset(name)
         assert cfg.name == name
@@ -199,7 +199,7 @@ def test_cli_prints_size_and_exits_2_on_a_bad_value(tmp_path):
     run = [sys.executable, "-m", "engine.config"]
     ok = subprocess.run([*run, "presets/mini.toml"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "163M" in ok.stdout and "GiB" in ok.stdout
+    assert "239M" in ok.stdout and "GiB" in ok.stdout
     bad = subprocess.run([*run, "presets/mini.toml", "--model.n_head=7"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "model.n_embd = 768 must be divisible" in bad.stderr

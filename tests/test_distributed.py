@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import wait_until
 from test_remote import FakeStudio, of
-from test_train import WORDS, events, tiny_config
+from test_train import MUON, WORDS, events, tiny_config
 
 from engine import checkpoint
 from engine.contract import config
@@ -140,6 +140,35 @@ def test_fsdp_matches_ddp_and_its_checkpoint_resumes_on_one_process(two, ddp, fs
     resumed = train(one_process(cfg, "resumed-fsdp"), resume=str(saved), quiet=True).losses
     assert resumed == pytest.approx(reference[HALF:], abs=1e-5, rel=0)
     assert "sample at step 8" in fsdp  # gathered from the shards onto rank 0
+
+
+@pytest.fixture(scope="module")
+def two_muon(tmp_path_factory):
+    """The Muon recipe on 2 ranks under DDP and under FSDP, and on one process."""
+    folder = tmp_path_factory.mktemp("two-muon")
+    cfg = tiny_config(
+        folder, train__max_steps=STEPS, train__batch_size=2, train__grad_accum=2,
+        checkpoint__interval=HALF, checkpoint__keep_last=5, **MUON,
+    )  # fmt: skip
+    config.save(cfg, folder / "run.toml")
+    reference = train(one_process(cfg, "single"), quiet=True).losses
+    run_two(folder / "run.toml", "--name=ddp")
+    run_two(folder / "run.toml", "--name=fsdp", "--train.parallel=fsdp")
+    return cfg, reference
+
+
+def test_muon_under_ddp_and_fsdp_gives_the_losses_of_one_process(two_muon):
+    cfg, reference = two_muon
+    assert losses(cfg, "ddp") == pytest.approx(reference, abs=1e-4, rel=0)
+    # FSDP gathers each sharded matrix for Newton-Schulz: the same step as one process
+    assert losses(cfg, "fsdp") == pytest.approx(reference, abs=1e-4, rel=0)
+
+
+def test_a_sharded_muon_checkpoint_resumes_on_one_process(two_muon):
+    cfg, reference = two_muon
+    saved = Path(cfg.out_dir) / "fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
+    resumed = train(one_process(cfg, "resumed-fsdp"), resume=str(saved), quiet=True).losses
+    assert resumed == pytest.approx(reference[HALF:], abs=1e-4, rel=0)
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):

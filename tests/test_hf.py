@@ -220,6 +220,10 @@ def test_a_path_that_is_not_a_directory_is_refused(tmp_path):
 
 BASE = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=64)
 LLAMA = dataclasses.replace(BASE, pos="rope", norm="rmsnorm", mlp="swiglu")
+# the recipe's exportable switches: QK-norm, gain-free norms, zero-initialised projections
+RECIPE = dataclasses.replace(
+    LLAMA, qk_norm=True, norm_affine=False, zero_init=True, tie_embeddings=False
+)
 
 
 def save_ours(path: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> GPT:
@@ -259,8 +263,21 @@ def assert_exports_faithfully(tmp_path: Path, cfg: ModelConfig, tokenizer: Token
         (dataclasses.replace(BASE, bias=True, tie_embeddings=False, mlp_hidden=48), "gpt2"),
         (dataclasses.replace(LLAMA, n_kv_head=2, tie_embeddings=False, rope_theta=777.0), "llama"),
         (dataclasses.replace(LLAMA, bias=True, norm_eps=1e-6), "llama"),
+        (dataclasses.replace(BASE, norm_affine=False, bias=True), "gpt2"),
+        (dataclasses.replace(LLAMA, norm_affine=False, zero_init=True), "llama"),
+        (dataclasses.replace(LLAMA, qk_norm=True, n_kv_head=2), "qwen3"),
+        (RECIPE, "qwen3"),
     ],
-    ids=["gpt2", "gpt2-bias-untied", "llama-gqa-untied", "llama-bias-tied"],
+    ids=[
+        "gpt2",
+        "gpt2-bias-untied",
+        "llama-gqa-untied",
+        "llama-bias-tied",
+        "gpt2-gain-free-norms",
+        "llama-gain-free-zero-init",
+        "qwen3-qk-norm-gqa",
+        "qwen3-recipe",
+    ],
 )
 def test_export_loads_in_transformers_with_our_logits(tmp_path, bpe, cfg, kind):
     assert_exports_faithfully(tmp_path, cfg, bpe, kind)
@@ -286,8 +303,10 @@ def test_a_tiktoken_tokenizer_exports_so_autotokenizer_gives_the_same_ids(tmp_pa
         assert their_tok.decode(ids) == text
 
 
-def test_exporting_then_importing_gives_back_the_same_model(tmp_path, bpe):
-    cfg = dataclasses.replace(LLAMA, n_kv_head=1)
+@pytest.mark.parametrize(
+    "cfg", [dataclasses.replace(LLAMA, n_kv_head=1), RECIPE], ids=["llama", "qwen3"]
+)
+def test_exporting_then_importing_gives_back_the_same_model(tmp_path, bpe, cfg):
     model = save_ours(tmp_path / "ckpt.pt", cfg, bpe)
     export.export(tmp_path / "ckpt.pt", tmp_path / "hf")
     ids = ids_tensor(bpe)
@@ -298,6 +317,9 @@ def test_exporting_then_importing_gives_back_the_same_model(tmp_path, bpe):
     )
 
 
+RECIPE_SWITCHES = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}
+
+
 @pytest.mark.parametrize(
     ("switches", "named"),
     [
@@ -306,6 +328,10 @@ def test_exporting_then_importing_gives_back_the_same_model(tmp_path, bpe):
         ({"pos": "rope", "mlp": "gelu", "norm": "rmsnorm"}, "model.mlp = 'gelu' needs"),
         ({"pos": "rope", "norm": "layernorm"}, "model.norm = 'layernorm' needs"),
         ({"n_kv_head": 2}, "model.n_kv_head = 2 \\(grouped-query attention\\) needs the Llama"),
+        ({"qk_norm": True}, "model.qk_norm = true needs the Qwen3 format"),
+        ({**RECIPE_SWITCHES, "bias": True}, "model.qk_norm = true with model.bias = true"),
+        ({**RECIPE_SWITCHES, "logit_softcap": 15.0}, "model.logit_softcap = 15: no Llama"),
+        ({**RECIPE_SWITCHES, "mlp": "relu2"}, "model.mlp = 'relu2': no Llama- or Qwen3-style"),
     ],
 )
 def test_a_model_that_fits_neither_format_is_refused_naming_the_switch(
@@ -356,3 +382,12 @@ def test_train_init_from_hf_fine_tunes_the_imported_weights(tmp_path, bpe):
     assert saved["tokenizer"] == checkpoint.load_weights(f"hf:{tmp_path / 'gpt2'}")["tokenizer"]
     log = (cfg.run_dir / "metrics.jsonl").read_text()
     assert "model shape from hf:" in log  # the config asked for another shape: said, not silent
+
+
+def test_every_preset_exports_and_the_recipe_ones_as_qwen3():
+    from engine.contract.config import load_preset, presets
+
+    formats = {name: export.layout(load_preset(name).model) for name in presets()}
+    assert formats == {
+        "tiny": "qwen3", "mini": "qwen3", "medium": "qwen3", "large": "qwen3", "gpt2": "gpt2"
+    }  # fmt: skip

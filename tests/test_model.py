@@ -26,6 +26,22 @@ VARIANTS = {
     "llama": dataclasses.replace(
         BASE, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, tie_embeddings=False
     ),
+    "qk_norm": dataclasses.replace(BASE, qk_norm=True),
+    "relu2": dataclasses.replace(BASE, mlp="relu2"),
+    "softcap": dataclasses.replace(BASE, logit_softcap=5.0),
+    "gain_free_layernorm": dataclasses.replace(BASE, norm_affine=False, bias=True),
+    "gain_free_rmsnorm": dataclasses.replace(BASE, norm="rmsnorm", norm_affine=False),
+    "zero_init": dataclasses.replace(BASE, zero_init=True),
+    "recipe": dataclasses.replace(
+        BASE,
+        pos="rope",
+        norm="rmsnorm",
+        norm_affine=False,
+        mlp="swiglu",
+        qk_norm=True,
+        zero_init=True,
+        tie_embeddings=False,
+    ),
 }
 
 
@@ -170,6 +186,58 @@ def test_residual_projections_get_the_scaled_gpt2_init():
         assert block.attn.proj.weight.std().item() == pytest.approx(expected, rel=0.05)
         assert block.mlp.proj.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_zero_init_blocks_start_as_the_identity():
+    model = build(VARIANTS["zero_init"]).eval()
+    x = tokens(2, 16)
+    for block in model.blocks:
+        assert not block.attn.proj.weight.any() and not block.mlp.proj.weight.any()
+    with torch.no_grad():
+        stream = model.wte(x) + model.wpe(torch.arange(16))
+        skipped = model.lm_head(model.norm_f(stream))
+        torch.testing.assert_close(model(x)[0], skipped)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    model = build(VARIANTS["qk_norm"]).eval()
+    x = tokens(2, 16)
+    with torch.no_grad():
+        before = model(x)[0]
+        for block in model.blocks:
+            block.attn.qkv.weight[: 2 * BASE.n_embd] *= 7.0  # the query and key rows
+        torch.testing.assert_close(model(x)[0], before, rtol=0, atol=1e-3)  # eps aside
+    plain = build(BASE).eval()
+    with torch.no_grad():
+        before = plain(x)[0]
+        for block in plain.blocks:
+            block.attn.qkv.weight[: 2 * BASE.n_embd] *= 7.0
+        assert not torch.allclose(plain(x)[0], before, atol=1e-2)
+
+
+def test_relu2_mlp_is_the_square_of_relu():
+    mlp = build(VARIANTS["relu2"]).blocks[0].mlp
+    h = torch.randn(3, BASE.n_embd)
+    expected = mlp.proj(torch.relu(mlp.fc(h)) ** 2)
+    torch.testing.assert_close(mlp(h), expected)
+
+
+def test_logit_softcap_bounds_every_logit_and_keeps_small_ones():
+    capped, plain = build(VARIANTS["softcap"]).eval(), build(BASE).eval()
+    x = tokens(2, 16)
+    with torch.no_grad():
+        for model in (capped, plain):
+            model.lm_head.weight.mul_(50.0)  # logits beyond the cap
+        assert capped(x)[0].abs().max() <= 5.0 < plain(x)[0].abs().max()
+    small = build(VARIANTS["softcap"]).eval()
+    with torch.no_grad():  # logits below 1 pass nearly unchanged: 5·tanh(z/5) = z - z³/75 + ...
+        torch.testing.assert_close(small(x)[0], build(BASE).eval()(x)[0], rtol=0, atol=1e-2)
+
+
+def test_gain_free_norms_have_no_parameters():
+    for name in ("gain_free_layernorm", "gain_free_rmsnorm", "recipe"):
+        model = build(VARIANTS[name])
+        assert not any("norm" in n for n, _ in model.named_parameters()), name
 
 
 def test_tied_embeddings_share_one_matrix_and_untied_do_not():

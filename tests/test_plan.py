@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine import optim
 from engine.contract import config, sizing
 from engine.model import GPT
 
@@ -19,11 +20,16 @@ LLAMA_STYLE = dataclasses.replace(
     GPT2_STYLE, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, tie_embeddings=False
 )
 WIDE_VOCAB = dataclasses.replace(GPT2_STYLE, n_embd=64, n_head=4, vocab_size=512, bias=True)
+RECIPE_STYLE = dataclasses.replace(LLAMA_STYLE, qk_norm=True, norm_affine=False, zero_init=True)
 
 
-def run_config(model: config.ModelConfig, batch_size: int = 8) -> config.Config:
+def run_config(
+    model: config.ModelConfig, batch_size: int = 8, optimizer: str = "adamw"
+) -> config.Config:
     cfg = config.Config(model=model)
-    cfg.train = config.TrainConfig(device="cpu", dtype="float32", batch_size=batch_size)
+    cfg.train = config.TrainConfig(
+        device="cpu", dtype="float32", batch_size=batch_size, optimizer=optimizer
+    )
     return cfg
 
 
@@ -56,21 +62,24 @@ def measured_activations(model: GPT, batch_size: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "model_cfg", [GPT2_STYLE, LLAMA_STYLE, WIDE_VOCAB], ids=["gpt2", "llama", "wide"]
+    ("model_cfg", "optimizer"),
+    [(GPT2_STYLE, "adamw"), (LLAMA_STYLE, "adamw"), (WIDE_VOCAB, "adamw"), (RECIPE_STYLE, "muon")],
+    ids=["gpt2", "llama", "wide", "recipe-muon"],
 )
-def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg):
+def test_memory_estimate_matches_a_real_model_on_cpu(model_cfg, optimizer):
     torch.manual_seed(0)
     model = GPT(model_cfg)
-    estimate = sizing.memory_estimate(run_config(model_cfg))
+    cfg = run_config(model_cfg, optimizer=optimizer)
+    estimate = sizing.memory_estimate(cfg)
     params = list(model.parameters())
     assert estimate["params"] == sum(p.nbytes for p in params)
 
-    optimizer = model.optimizer(lr=1e-3, weight_decay=0.1)
+    optimizer = optim.build(model, cfg.train)
     activations = measured_activations(model, batch_size=8)
     optimizer.step()
     assert estimate["grads"] == sum(p.grad.nbytes for p in params)
     held = sum(v.nbytes for s in optimizer.state.values() for v in s.values())
-    assert estimate["optimizer"] == held  # two moments per weight, a step count per tensor
+    assert estimate["optimizer"] == held  # AdamW: two moments and a step count; Muon: one moment
     assert estimate["activations"] == pytest.approx(activations, rel=0.25)
 
 
@@ -118,11 +127,11 @@ def test_a_model_too_big_for_any_batch_says_none_fits():
 
 def test_plan_cli_prints_both_strategies_and_rejects_bad_input():
     run = [sys.executable, "-m", "engine.plan", "presets/large.toml"]
-    ok = subprocess.run([*run, "--gpus", "16", "--gpu-memory-gb", "24", "--train.batch_size=2"],
+    ok = subprocess.run([*run, "--gpus", "16", "--gpu-memory-gb", "16", "--train.batch_size=1"],
                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     for text in ("DDP", "FSDP", "parameters", "gradients", "optimizer state", "activations",
-                 "largest micro-batch", "on 16 GPUs of 24 GiB", "--train.parallel=fsdp"):  # fmt: skip
+                 "largest micro-batch", "on 16 GPUs of 16 GiB", "--train.parallel=fsdp"):  # fmt: skip
         assert text in ok.stdout
     for bad, fault in (
         (["--gpus", "0"], "--gpus 0"),

@@ -23,7 +23,7 @@ from engine.contract.render import human
 from engine.contract.sizing import summary
 from studio.app import StudioApp, main
 from studio.messages import ConfigChanged
-from studio.panes.config import PRESET_KEYS, ConfigPane, from_editor, to_editor
+from studio.panes.config import PRESET_KEYS, ConfigPane, from_editor, get_value, to_editor
 from studio.widgets.dialogs import ConfirmDialog, PathDialog
 from studio.widgets.form import FieldRow
 from studio.widgets.summary import ConfigSummary
@@ -93,7 +93,8 @@ def test_picking_each_preset_shows_its_parameter_count():
             assert pane.config == load_preset(name)
             assert pane.query_one(ConfigSummary).figures["params"] == expected
             assert f"parameters            {human(expected)}" in str(figures.content)
-        assert app.changes[-1].state.config == load_preset("large") and app.changes[-1].state.valid
+        last = list(presets())[-1]
+        assert app.changes[-1].state.config == load_preset(last) and app.changes[-1].state.valid
         await pilot.press(PRESET_KEYS["mini"])  # the footer keys do the same
         assert pane.config == load_preset("mini") and pane.source == "preset:mini"
 
@@ -154,6 +155,27 @@ def test_switches_and_selects_edit_the_config():
         row(pane, "model.mlp").value = "swiglu"
         await pilot.pause()
         assert pane.config.model.mlp == "swiglu" and pane.is_valid
+
+    drive(test)
+
+
+def test_the_recipe_switches_are_in_the_form_and_edit_the_config():
+    async def test(app, pilot, pane):
+        for key in ("model.qk_norm", "model.norm_affine", "model.zero_init"):
+            before = get_value(pane.config, key)
+            row(pane, key).editor.focus()
+            await pilot.press("space")
+            await pilot.pause()
+            assert get_value(pane.config, key) is not before
+        row(pane, "model.mlp").value = "relu2"
+        row(pane, "train.optimizer").value = "muon"
+        await pilot.pause()
+        await retype(pilot, pane, "model.logit_softcap", "15")
+        await retype(pilot, pane, "train.matrix_lr", "0.03")
+        config = pane.config
+        assert (config.model.mlp, config.train.optimizer) == ("relu2", "muon")
+        assert (config.model.logit_softcap, config.train.matrix_lr) == (15.0, 0.03)
+        assert pane.is_valid
 
     drive(test)
 

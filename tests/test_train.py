@@ -107,15 +107,31 @@ def test_metrics_records_carry_the_fields_the_studio_needs(tmp_path):
     assert config.load(cfg.run_dir / "config.toml").train.max_steps == 30
 
 
-def test_resume_reproduces_uninterrupted_losses(tmp_path):
-    full = tiny_config(tmp_path / "a", model__dropout=0.1)
+# the recipe: Muon with its momentum warming up across the resume, WSD, and every model switch
+MUON = dict(
+    train__optimizer="muon", train__muon_momentum_warmup=20, train__lr_schedule="wsd",
+    model__pos="rope", model__norm="rmsnorm", model__norm_affine=False, model__mlp="relu2",
+    model__qk_norm=True, model__zero_init=True, model__logit_softcap=15.0,
+    model__tie_embeddings=False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", [{}, MUON], ids=["adamw", "muon"])
+def test_resume_reproduces_uninterrupted_losses(tmp_path, recipe):
+    full = tiny_config(tmp_path / "a", model__dropout=0.1, **recipe)
     whole = train(full, quiet=True).losses
 
-    half = tiny_config(tmp_path / "b", model__dropout=0.1)
+    half = tiny_config(tmp_path / "b", model__dropout=0.1, **recipe)
     first = train(half, quiet=True, until=15).losses
     second = train(half, resume="", quiet=True).losses
     assert len(first) + len(second) == 30
     assert first + second == pytest.approx(whole, abs=0, rel=0)
+
+
+def test_muon_recipe_learns_faster_than_adamw_at_its_own_rates(tmp_path):
+    classic = train(tiny_config(tmp_path / "a"), quiet=True).losses
+    recipe = train(tiny_config(tmp_path / "b", **MUON), quiet=True).losses
+    assert sum(recipe[-5:]) < sum(classic[-5:])
 
 
 def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):

@@ -67,7 +67,7 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     one = _model_and_optimizer(0)
     batches = Batches()
     for _ in range(2):
-        one.step(batches, 1e-2, 1, 1.0, HealthGuard())
+        one.step(batches, 1, 1.0, HealthGuard())
     saved = copy.deepcopy(one.state_dict())  # as a file would: no tensor shared with `one`
     two = _model_and_optimizer(1)  # different weights and an empty optimizer
     two.model.load_state_dict(saved["model"])  # weights go in before the model is wrapped
@@ -75,8 +75,8 @@ def test_model_and_optimizer_round_trip_continues_the_same_steps():
     again = Batches()
     again.gen.set_state(batches.gen.get_state())
     for _ in range(2):
-        a, _ = one.step(batches, 1e-2, 1, 1.0, HealthGuard())
-        b, _ = two.step(again, 1e-2, 1, 1.0, HealthGuard())
+        a, _ = one.step(batches, 1, 1.0, HealthGuard())
+        b, _ = two.step(again, 1, 1.0, HealthGuard())
         assert a == b
     for x, y in zip(one.model.parameters(), two.model.parameters(), strict=True):
         assert torch.equal(x, y)

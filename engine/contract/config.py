@@ -80,8 +80,12 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # gelu | swiglu
-    mlp_hidden: int = 0  # 0: 4*n_embd for gelu, about 8/3*n_embd (multiple of 64) for swiglu
+    norm_affine: bool = True  # false: norms without learned gains (parameter-free RMSNorm)
+    mlp: str = "gelu"  # gelu | swiglu | relu2 (relu squared, not gated)
+    mlp_hidden: int = 0  # 0: 4*n_embd for gelu and relu2, about 8/3*n_embd (x64) for swiglu
+    qk_norm: bool = False  # normalise each head's queries and keys before attention (Qwen3)
+    logit_softcap: float = 0.0  # > 0: logits squashed smoothly into (-cap, cap); 0: off
+    zero_init: bool = False  # output projections of attention and MLP start at zero
     tie_embeddings: bool = True
     activation_checkpointing: bool = False
 
@@ -134,6 +138,7 @@ class TrainConfig:
     max_steps: int = 2000
     lr: float = 1e-3
     min_lr: float = 1e-4
+    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
     lr_schedule: str = "cosine"  # cosine | linear | constant | wsd
     warmup_steps: int = 100
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
@@ -141,6 +146,16 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
+    # optimizer = "muon": each group's own learning rate (the schedule scales all of them alike)
+    # and weight decay; train.lr then drives only the 1-D gains and biases
+    matrix_lr: float = 0.02  # Muon: the hidden 2-D matrices of every block
+    matrix_weight_decay: float = 0.0
+    embedding_lr: float = 0.2  # AdamW: the token (and position) tables
+    embedding_weight_decay: float = 0.0
+    head_lr: float = 0.004  # AdamW: the output layer, when untied
+    head_weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    muon_momentum_warmup: int = 300  # steps to raise Muon's momentum from 0.85; 0: none
     eval_interval: int = 250
     eval_steps: int = 20
     sample_interval: int = 500
@@ -213,11 +228,12 @@ TOP_LEVEL = [f.name for f in fields(Config) if f.name not in SECTIONS]
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos": ("learned", "rope"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu"),
+    "model.mlp": ("gelu", "swiglu", "relu2"),
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
     "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
+    "train.optimizer": ("adamw", "muon"),
     "train.parallel": ("ddp", "fsdp"),
     "train.on_unhealthy": ("rollback", "stop"),
 }
@@ -232,6 +248,9 @@ NON_NEGATIVE = {
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.seed",
     "data.num_workers", "lora.rank", "lora.alpha",
     "train.spike_z", "train.max_bad_steps", "train.max_rollbacks",
+    "model.logit_softcap", "train.matrix_lr", "train.embedding_lr",
+    "train.head_lr", "train.matrix_weight_decay", "train.embedding_weight_decay",
+    "train.head_weight_decay", "train.muon_momentum_warmup",
 }  # fmt: skip
 FRACTIONS = {
     "model.dropout",
@@ -239,7 +258,7 @@ FRACTIONS = {
     "train.decay_fraction",
     "lora.dropout",
 }  # in [0, 1)
-BETAS = {"train.beta1", "train.beta2"}  # in [0, 1)
+BETAS = {"train.beta1", "train.beta2", "train.muon_momentum"}  # in [0, 1)
 UNIT_FRACTIONS = {"train.rollback_lr"}  # in (0, 1]
 MAX_INT = 2**63 - 1  # any whole-number setting: beyond this no file or tensor can follow
 

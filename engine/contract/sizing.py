@@ -64,10 +64,12 @@ def param_shapes(model: ModelConfig, vocab: int) -> dict[str, tuple[int, ...]]:
     if model.pos == "learned":
         shapes["wpe.weight"] = (model.block_size, d)
 
-    def norm(name: str) -> None:
-        shapes[f"{name}.weight"] = (d,)
+    def norm(name: str, width: int = d) -> None:
+        if not model.norm_affine:
+            return
+        shapes[f"{name}.weight"] = (width,)
         if model.norm == "layernorm" and model.bias:
-            shapes[f"{name}.bias"] = (d,)
+            shapes[f"{name}.bias"] = (width,)
 
     def linear(name: str, n_in: int, n_out: int) -> None:
         shapes[f"{name}.weight"] = (n_out, n_in)
@@ -78,6 +80,9 @@ def param_shapes(model: ModelConfig, vocab: int) -> dict[str, tuple[int, ...]]:
         block = f"blocks.{i}"
         norm(f"{block}.norm1")
         linear(f"{block}.attn.qkv", d, q_out + 2 * kv_out)
+        if model.qk_norm:
+            norm(f"{block}.attn.q_norm", hd)
+            norm(f"{block}.attn.k_norm", hd)
         linear(f"{block}.attn.proj", q_out, d)
         norm(f"{block}.norm2")
         for name in ("gate", "up") if model.mlp == "swiglu" else ("fc",):
@@ -125,7 +130,8 @@ def memory_estimate(
     """Training memory in bytes on one device, by part, for a first answer to "will it fit".
 
     Weights, gradients and AdamW's two moments are fp32 (4 bytes each, 16 per parameter), and
-    AdamW keeps a 4-byte step count per tensor. With `world_size` processes, DDP (the default
+    AdamW keeps a 4-byte step count per tensor; with train.optimizer = "muon" the blocks'
+    matrices keep one momentum buffer (4 bytes) and no step count instead. With `world_size` processes, DDP (the default
     `parallel`: `cfg.train.parallel`) keeps all of that on every GPU; FSDP keeps a 1/world_size
     piece of each tensor (cut along its first dimension into equal, padded pieces, as
     `fully_shard` does), plus the weights it gathers while computing: the root's (embeddings,
@@ -140,7 +146,10 @@ def memory_estimate(
     vocab = vocab_size(cfg, tokenizer_vocab)
     shapes = param_shapes(m, vocab)
     n = sum(math.prod(s) for s in shapes.values())
-    steps = 4.0 * len(shapes)  # AdamW's step count: one float32 scalar per tensor, never sharded
+    # Muon's matrices keep one moment, not two, and no step count (see engine.optim)
+    muon = {k for k, s in shapes.items() if t.optimizer == "muon" and k.startswith("blocks.")
+            and len(s) == 2}  # fmt: skip
+    steps = 4.0 * (len(shapes) - len(muon))  # AdamW's step count: one float32 per tensor
     half = _half_precision(t)
     if world_size > 1 and (parallel or t.parallel) == "fsdp":
         local = sum(-(-s[0] // world_size) * math.prod(s[1:]) for s in shapes.values())
@@ -149,10 +158,13 @@ def memory_estimate(
         out = {
             "params": 4.0 * local + (root + 2 * block) * (2 if half else 4),
             "grads": 4.0 * local + 4.0 * max(root, block),
-            "optimizer": 8.0 * local + steps,
+            "optimizer": 8.0 * local
+            - 4.0 * sum(-(-shapes[k][0] // world_size) * shapes[k][1] for k in muon)
+            + steps,
         }
     else:
-        out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": 8.0 * n + steps}
+        moments = 8.0 * n - 4.0 * sum(math.prod(shapes[k]) for k in muon)
+        out = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": moments + steps}
     if cfg.lora.rank:
         layers = [
             s for k, s in shapes.items()
@@ -197,6 +209,8 @@ def activation_bytes(model: ModelConfig, vocab: int, batch_size: int, half: bool
     rope = m.pos == "rope"
     residual = 2 * d * 4 + (2 * d * a if m.norm == "rmsnorm" else 0)  # norm inputs (+ x·rstd)
     attention = (d + (d + 2 * kv) + (d + kv if rope else 0) + 2 * d) * a + m.n_head * 4
+    if m.qk_norm:
+        attention += (d + kv) * a  # the normalised queries and keys
     mlp = (d + (4 * h if m.mlp == "swiglu" else 2 * h)) * a
     per_layer = residual + attention + mlp
     if m.dropout > 0:

@@ -36,8 +36,27 @@ FORMATS = {
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
+# Switches no format we write holds, each with why; a model that uses one is refused by name.
+NO_FORMAT = {
+    "logit_softcap": "no Llama- or Qwen3-style model caps its logits",
+    "mlp": "no Llama- or Qwen3-style model has a plain (not gated) ReLU² MLP",
+}
+
+
 def layout(cfg: ModelConfig) -> str:
-    """The Hugging Face format ("gpt2" or "llama") that computes exactly what this model does."""
+    """The Hugging Face format ("gpt2", "llama" or "qwen3") that computes exactly what this model
+    does. Parameter-free norms export as gains of one; zero-initialised projections are only a
+    starting point, so neither limits the format."""
+    if cfg.logit_softcap > 0:
+        raise UsageError(
+            f"cannot export: model.logit_softcap = {cfg.logit_softcap:g}: "
+            f"{NO_FORMAT['logit_softcap']}; train with model.logit_softcap = 0 to export"
+        )
+    if cfg.mlp == "relu2":
+        raise UsageError(
+            f"cannot export: model.mlp = 'relu2': {NO_FORMAT['mlp']}; "
+            "train with model.mlp = 'swiglu' (or 'gelu' for GPT-2) to export"
+        )
     chosen = "gpt2" if cfg.pos == "learned" else "llama"
     other = "llama" if chosen == "gpt2" else "gpt2"
     name, wants = FORMATS[chosen]
@@ -57,6 +76,18 @@ def layout(cfg: ModelConfig) -> str:
             "the Llama format (model.pos = 'rope', model.norm = 'rmsnorm', model.mlp = 'swiglu'); "
             "GPT-2 has a key/value head for every query head"
         )
+    if cfg.qk_norm:
+        if chosen == "gpt2":
+            raise UsageError(
+                "cannot export: model.qk_norm = true needs the Qwen3 format (model.pos = 'rope', "
+                "model.norm = 'rmsnorm', model.mlp = 'swiglu'); GPT-2 has no QK-norm"
+            )
+        if cfg.bias:
+            raise UsageError(
+                "cannot export: model.qk_norm = true with model.bias = true: Qwen3, the format "
+                "with QK-norm, has no MLP biases; train with model.bias = false to export"
+            )
+        return "qwen3"
     return chosen
 
 
@@ -81,9 +112,10 @@ def hf_config(cfg: ModelConfig, vocab_size: int, eot_id: int | None) -> dict[str
             "scale_attn_weights": True,
             **common,
         }
+    chosen = layout(cfg)
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": ["Qwen3ForCausalLM" if chosen == "qwen3" else "LlamaForCausalLM"],
+        "model_type": chosen,
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.kv_heads,

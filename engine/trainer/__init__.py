@@ -1,7 +1,7 @@
 """The Trainer: build, resume, then step, log, evaluate, sample, save — calling named parts.
 
     data loaders       engine.data            batches; their position is part of a checkpoint
-    model+optimizer    trainer.optim          the step; weights, AdamW and loss-scaler state
+    model+optimizer    trainer.optim          the step; weights, optimizer and loss-scaler state
     LR schedule        engine.schedule        a pure function of the step: nothing to save
     run control        trainer.control        studio commands and signals, agreed across ranks
     reporting          trainer.reporting      step, eval and sample records to engine.metrics
@@ -35,7 +35,9 @@ from engine.contract.runlock import RunLock
 from engine.generate import generate
 from engine.health import HealthGuard, Verdict
 from engine.model import GPT
-from engine.schedule import describe_change, lr_at
+from engine.optim import build as build_optimizer
+from engine.optim import set_step
+from engine.schedule import describe_change
 from engine.tokenizer import Tokenizer, from_spec
 from engine.trainer.control import RunControl
 from engine.trainer.optim import ModelAndOptimizer
@@ -176,7 +178,7 @@ class Trainer:
         t = cfg.train
         group.seed(t.seed)
         parallel = distributed.Parallel(model, group, t.parallel)
-        optimizer = model.optimizer(lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2))
+        optimizer = build_optimizer(model, t)
 
         self.cfg, self.group, self.runtime, self.tokenizer = cfg, group, runtime, tokenizer
         self.model = model
@@ -263,9 +265,9 @@ class Trainer:
         try:
             with control.signals(at_once=world == 1):
                 while progress.step < t.max_steps and not control.stop:
-                    lr = lr_at(progress.step, t) * self.health.lr_scale
+                    lr = set_step(self.optim.optimizer, progress.step, t, self.health.lr_scale)
                     loss, verdict = self.optim.step(
-                        self.train_loader, lr, t.grad_accum, t.grad_clip, self.health
+                        self.train_loader, t.grad_accum, t.grad_clip, self.health
                     )
                     progress.step += 1
                     progress.tokens += tokens_per_step

@@ -36,18 +36,17 @@ class ModelAndOptimizer:
         self.last_norm: torch.Tensor | float = 0.0  # of the latest step, before clipping
 
     def step(
-        self, loader: Any, lr: float, grad_accum: int, grad_clip: float, guard: HealthGuard
+        self, loader: Any, grad_accum: int, grad_clip: float, guard: HealthGuard
     ) -> tuple[float, Verdict]:
-        """One optimizer step over `grad_accum` micro-batches, applied only if `guard` passes
-        it; returns the mean loss over all ranks and the verdict.
+        """One optimizer step over `grad_accum` micro-batches, at the learning rates
+        engine.optim.set_step gave the groups, applied only if `guard` passes it; returns the
+        mean loss over all ranks and the verdict.
 
         The loss is read back every step (one small sync) because an update must be judged
         before it is applied: a NaN on a step that is not logged would otherwise reach the
         weights. The gradient norm is global after the all-reduce and the loss is the mean over
         ranks, so every rank reaches the same verdict.
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         loss_sum = torch.zeros((), device=self.runtime.device)
         for micro in range(grad_accum):
             x, y = loader.next()
