@@ -75,8 +75,11 @@ def test_a_model_with_logits_too_large_for_one_chunk_trains_as_the_plain_one(mon
 
 
 def test_memory_estimate_counts_one_chunk_of_a_wide_vocabulary():
+    """Two layers, so the output layer is most of the activations whatever the preset width."""
     mini = config.load("presets/mini.toml", ["--tokenizer.kind=tiktoken"])
-    mini = dataclasses.replace(mini, model=dataclasses.replace(mini.model, vocab_size=100352))
+    mini = dataclasses.replace(
+        mini, model=dataclasses.replace(mini.model, vocab_size=100352, n_layer=2)
+    )
     tokens = mini.train.batch_size * mini.model.block_size
     whole_logits = tokens * 100352 * 4
     estimate = sizing.memory_estimate(mini)["activations"]
