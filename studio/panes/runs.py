@@ -102,6 +102,8 @@ class RunsPane(Vertical):
         self.app.call_from_thread(self._show_runs, runs)
 
     def _show_runs(self, runs: list[RunInfo]) -> None:
+        if not self.is_attached:  # the studio closed while the folder was being read
+            return
         self.runs = runs
         where = shown_path(self.out_dir)
         self.query_one("#runs-title", Label).update(
