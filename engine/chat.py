@@ -66,9 +66,13 @@ class ChatSession:
         """The continuation, piece by piece. In chat mode even a reply cut short (Ctrl-C)
         joins the conversation, as far as it was shown."""
         if self.templated:
-            yield from self._turn(prompt, sampling, chat)
-            return
-        context = f"{self.history}\n{prompt}" if chat and self.history else prompt
+            if not chat:
+                self.turns = []
+            context = self._context(prompt, sampling)
+            stops = tuple(dict.fromkeys((*sampling.stop, END, self.tokenizer.EOT)))
+            sampling = replace(sampling, stop=stops)
+        else:
+            context = f"{self.history}\n{prompt}" if chat and self.history else prompt
         stream = Stream(self.model, self.tokenizer, [context], sampling)
         try:
             for _, piece in stream:
@@ -76,26 +80,13 @@ class ChatSession:
         finally:
             self.last = stream.completions[0]
             self.tokens_per_s = stream.tokens_per_s
-            if chat:
-                self.history = context + self.last.text
-
-    def _turn(self, prompt: str, sampling: Sampling, chat: bool) -> Iterator[str]:
-        if not chat:
-            self.turns = []
-        context = self._context(prompt, sampling)
-        stops = tuple(dict.fromkeys((*sampling.stop, END, self.tokenizer.EOT)))
-        stream = Stream(self.model, self.tokenizer, [context], replace(sampling, stop=stops))
-        try:
-            for _, piece in stream:
-                yield piece
-        finally:
-            self.last = stream.completions[0]
-            self.tokens_per_s = stream.tokens_per_s
-            if chat:
+            if chat and self.templated:
                 self.turns += [
                     {"role": "user", "content": prompt},
                     {"role": "assistant", "content": self.last.text},
                 ]
+            elif chat:
+                self.history = context + self.last.text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,26 @@ HISTORY_MAX = 500_000  # lines of history kept for late watchers
 WAIT_SLICE_S = 0.05  # a paused run with two command sources looks at both this often
 
 
+class Inbox(queue.Queue):
+    """Commands as the reader threads received them, for the loop to take between steps."""
+
+    def poll(self) -> list[p.Command]:
+        """Every command received since the last call, in order."""
+        commands = []
+        while True:
+            try:
+                commands.append(self.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def wait(self, timeout: float) -> p.Command | None:
+        """The next command, waiting at most `timeout` seconds (a paused run waits here)."""
+        try:
+            return self.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 class StudioLink:
     """A metrics sink that also receives commands."""
 
@@ -71,7 +91,7 @@ class StudioLink:
         self.sock.settimeout(None)
         self.address = address
         self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX)
-        self._inbox: queue.Queue[p.Command] = queue.Queue()
+        self._inbox = Inbox()
         self._lost = threading.Event()
         self.dropped = 0  # events not sent: the outbox was full
         self.refused = 0  # lines from the studio that were not commands
@@ -131,20 +151,10 @@ class StudioLink:
         self._inbox.put(command)
 
     def poll(self) -> list[p.Command]:
-        """Every command received since the last call, in order."""
-        commands = []
-        while True:
-            try:
-                commands.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return commands
+        return self._inbox.poll()
 
     def wait(self, timeout: float) -> p.Command | None:
-        """The next command, waiting at most `timeout` seconds (a paused run waits here)."""
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._inbox.wait(timeout)
 
     # --- end ------------------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class ControlServer:
         self._lock = threading.Lock()
         self._clients: list[_Client] = []
         self._history = self._read_history()
-        self._inbox: queue.Queue[p.Command] = queue.Queue()
+        self._inbox = Inbox()
         self._closed = False
         path = self.folder / SOCKET_NAME
         unix = hasattr(socket, "AF_UNIX") and not force_tcp and len(str(path)) <= UNIX_PATH_MAX
@@ -272,18 +282,10 @@ class ControlServer:
 
     def poll(self) -> list[p.Command]:
         """Every command received since the last call, from any client, in order."""
-        commands = []
-        while True:
-            try:
-                commands.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return commands
+        return self._inbox.poll()
 
     def wait(self, timeout: float) -> p.Command | None:
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._inbox.wait(timeout)
 
     def _accept_loop(self) -> None:
         while not self._closed:
