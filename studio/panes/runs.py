@@ -102,13 +102,13 @@ class RunsPane(Vertical):
         self.app.call_from_thread(self._show_runs, runs)
 
     def _show_runs(self, runs: list[RunInfo]) -> None:
-        if not self.is_attached:  # the studio closed while the folder was being read
+        titles = self.query("#runs-title").results(Label)
+        title = next(titles, None)
+        if title is None:  # the studio closed while the folder was being read
             return
         self.runs = runs
         where = shown_path(self.out_dir)
-        self.query_one("#runs-title", Label).update(
-            f"{len(runs)} run(s) in {where}" if runs else f"no runs in {where} yet"
-        )
+        title.update(f"{len(runs)} run(s) in {where}" if runs else f"no runs in {where} yet")
         table = self.table
         chosen = self._chosen_path()
         table.clear()
