@@ -27,7 +27,7 @@ from engine.contract.events import (
     ChatToken,
     parse_chat_request,
 )
-from engine.contract.sampling import Sampling
+from engine.contract.sampling import LIMITS, Sampling
 from engine.generate import Completion, Stream
 from engine.model import GPT
 from engine.tokenizer import Tokenizer
@@ -92,22 +92,34 @@ class ChatSession:
 # ---------------------------------------------------------------------------------------------
 # The terminal
 
+# the REPL's name for each sampling setting; its type, limits and meaning come from LIMITS
+SETTINGS: dict[str, str] = {
+    "/temp": "temperature",
+    "/tokens": "max_tokens",
+    "/topk": "top_k",
+    "/topp": "top_p",
+    "/penalty": "repetition_penalty",
+}
+
 HELP = """\
-  /temp X       temperature, 0 for greedy         now {temperature:g}
-  /tokens N     tokens per reply                  now {max_tokens}
-  /topk K       sample from the K likeliest, 0 off  now {top_k}
-  /topp P       nucleus mass in (0, 1], 1 off     now {top_p:g}
+{settings}
   /chat on|off  keep the conversation in context  now {chat}
   /system TEXT  the system prompt (chat-tuned models)  now {system!r}
   /reset        forget the conversation
   quit          leave (or Ctrl-D)
 """
-SETTINGS = {
-    "/temp": ("temperature", float),
-    "/tokens": ("max_tokens", int),
-    "/topk": ("top_k", int),
-    "/topp": ("top_p", float),
-}
+
+
+def _help(sampling: Sampling, chat: bool, system: str) -> str:
+    """/help: each setting with what it accepts (from the one sampling definition) and its value."""
+    lines = []
+    for command, name in SETTINGS.items():
+        limit = LIMITS[name]
+        arg = "N" if limit.kind is int else "X"
+        value = getattr(sampling, name)
+        now = f"{value:g}" if isinstance(value, float) else value
+        lines.append(f"  {command + ' ' + arg:<13} {limit.label}: {limit.describe()}  now {now}")
+    return HELP.format(settings="\n".join(lines), chat="on" if chat else "off", system=system)
 
 
 def repl(
@@ -165,7 +177,7 @@ def _command(
         return (
             sampling,
             chat,
-            HELP.format(chat="on" if chat else "off", system=session.system, **vars(sampling)),
+            _help(sampling, chat, session.system),
         )
     if name == "/system":
         if not session.templated:
@@ -188,13 +200,14 @@ def _command(
         return sampling, value == "on", f"chat {value}"
     if name not in SETTINGS:
         raise UsageError(f"unknown command {name}; /help lists them")
-    field, kind = SETTINGS[name]
+    field = SETTINGS[name]
+    limit = LIMITS[field]
     try:
-        parsed = kind(value)
+        parsed = limit.kind(value)
     except ValueError:
-        wanted = "a whole number" if kind is int else "a number"
+        wanted = "a whole number" if limit.kind is int else "a number"
         raise UsageError(f"{name} takes {wanted}, got {value!r}") from None
-    sampling = dataclasses.replace(sampling, **{field: parsed})
+    sampling = dataclasses.replace(sampling, **{field: parsed})  # checked against LIMITS
     return sampling, chat, f"{field.replace('_', ' ')} = {parsed}"
 
 

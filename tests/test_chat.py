@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from engine.chat import ChatSession, repl, serve
+from engine.chat import SETTINGS, ChatSession, repl, serve
 from engine.contract import events as cp
 from engine.contract.config import ModelConfig
-from engine.contract.sampling import Sampling
+from engine.contract.sampling import LIMITS, Sampling
 from engine.generate import generate
 from engine.model import GPT
 from engine.tokenizer import CharTokenizer
@@ -59,6 +59,15 @@ def test_repl_commands_change_the_settings_and_bad_ones_say_why(session):
     assert "error: top-p must be above 0 and at most 1" in out
     assert "error: /temp takes a number, got 'x'" in out
     assert "error: unknown command /nope" in out
+
+
+def test_repl_settings_take_their_types_and_limits_from_the_one_sampling_definition(session):
+    _, out = run_repl(session, ["/help", "/penalty 1.3", "/penalty 0", "/tokens 2.5"])
+    for command, name in SETTINGS.items():  # /help says what each accepts, as LIMITS does
+        assert f"{LIMITS[name].label}: {LIMITS[name].describe()}" in out, command
+    assert "repetition penalty = 1.3" in out
+    assert "error: repetition penalty must be above 0 (1: off), got 0.0" in out
+    assert "error: /tokens takes a whole number, got '2.5'" in out
 
 
 def test_repl_tokens_setting_limits_the_reply(session):
