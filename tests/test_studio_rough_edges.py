@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from studio_helpers import RecordingApp, drive, fake_engine, small_run, until
+from studio_helpers import SIZE, RecordingApp, drive, fake_engine, small_run, until
 from textual.pilot import Pilot
 
+from studio.app import StudioApp
 from studio.panes.config import find_field
 from studio.panes.train import RunState
 from studio.widgets.dialogs import ChoiceDialog, PathDialog
@@ -93,12 +96,21 @@ def test_the_last_valid_config_is_remembered_for_the_next_studio(tmp_path, monke
 
     drive(test)
     opened = []
-    monkeypatch.setattr("studio.app.StudioApp.run", lambda self: opened.append(self._initial))
+
+    def run_headless(app: StudioApp) -> None:  # the studio `main` opens, as a test drives it
+        async def look() -> None:
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.config is not None, "the config to be read")
+                opened.append(app.config)
+
+        asyncio.run(look())
+
+    monkeypatch.setattr("studio.app.StudioApp.run", run_headless)
     from studio.app import main
 
     assert main([]) == 0
-    config, source = opened[0]
-    assert config.train.max_steps == 4321 and source == str(last_config_path())
+    state = opened[0]  # what the new studio's panes see
+    assert state.config.train.max_steps == 4321 and state.source == str(last_config_path())
 
 
 def test_answers_to_a_studios_questions_are_not_recorded_as_the_runs_samples(tmp_path):

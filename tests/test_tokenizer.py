@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -248,20 +247,20 @@ def _o200k_in_memory() -> bool:
     return "o200k_base" in tiktoken.registry.ENCODINGS
 
 
-def test_uncached_tiktoken_encoding_fails_fast_and_clearly(
+def test_uncached_tiktoken_encoding_fails_with_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Offline, an encoding not in the cache is one line naming the fix. That it fails in
+    seconds rather than hanging is the download timeout, proved by the test after this one."""
     if _o200k_in_memory():
         pytest.skip("o200k_base is already loaded in this process")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
-    start = time.monotonic()
     try:
         TiktokenTokenizer("o200k_base")
     except UsageError as err:
         message = str(err)
     else:
         pytest.skip("o200k_base downloaded: this machine has a network")
-    assert time.monotonic() - start < 30
     assert "\n" not in message
     assert "'o200k_base' needs a network download once or a cached copy" in message
     assert "TIKTOKEN_CACHE_DIR" in message and "cl100k_base works offline" in message
