@@ -61,7 +61,9 @@ def test_n_asks_the_run_for_a_sample_now_and_shows_it_with_the_others(tmp_path):
 def test_a_config_bigger_than_the_machine_warns_with_both_figures_before_starting(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr("studio.panes.train.device_memory", lambda device: (1 << 20, "RAM"))
+    monkeypatch.setattr(
+        "studio.panes.train.starting.device_memory", lambda device: (1 << 20, "RAM")
+    )
 
     async def test(app: RecordingApp, pilot: Pilot) -> None:
         app.config_pane.set_values(small_run(tmp_path))

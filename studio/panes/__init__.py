@@ -1,4 +1,4 @@
-"""The studio's panes, one module each with its own .tcss beside it."""
+"""The studio's panes, one module (or a package of small ones) each, with its own .tcss beside it."""
 
 from studio.panes.config import ConfigPane
 

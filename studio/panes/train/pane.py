@@ -2,7 +2,8 @@
 
 The run is a subprocess (`python -m engine.train`) reporting to a private socket: a TrainJob
 (studio.jobs) run by this pane's worker, posting what it hears here as messages. This pane sends
-the run commands, keeps the state the footer's keys follow, and shows the run in a RunView.
+the run commands and moves through the states of `state.py`; the controls row shows them, and
+a RunView shows the run.
 
 The same pane follows a run it did not start (`gpt-studio --follow RUN_DIR`): events then come
 from the run's metrics.jsonl as it grows, and there is nothing to command.
@@ -10,30 +11,22 @@ from the run's metrics.jsonl as it grows, and there is nothing to command.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import os
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Static
 
 from engine.contract import events as p
-from engine.contract import framing
 from engine.contract.config import Config
-from engine.contract.render import human
-from engine.contract.rundir import RunDir
-from engine.contract.sizing import summary
 from studio.command import headless_command
 from studio.jobs import AttachJob, Exit, MetricsFollower, TrainJob, first_error
-from studio.machine import device_memory
 from studio.messages import (
     ConfigState,
     Detached,
@@ -46,36 +39,14 @@ from studio.messages import (
     SampleAnswered,
     ValuesChosen,
 )
+from studio.panes.train import starting, status
+from studio.panes.train.controls import RunControls
+from studio.panes.train.state import COMMANDING, LIVE, RunState, after, allows
 from studio.widgets.dialogs import ChoiceDialog, CommandDialog, PathDialog
 from studio.widgets.runview import RunView
 
 FOLLOW_S = 0.5
 SAMPLE_NOW = "train-ask-"  # the id prefix of samples asked for here, shown with the others
-
-
-class RunState(Enum):
-    """What the pane is doing; the footer offers only the keys that make sense in each."""
-
-    IDLE = "idle"
-    STARTING = "starting"
-    TRAINING = "training"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    FOLLOWING = "following"
-
-
-def holds_run(run_dir: Path) -> bool:
-    """What engine.train refuses to start over (the one rule in RunDir)."""
-    return RunDir(run_dir).is_run()
-
-
-def free_name(out_dir: Path, name: str) -> str:
-    """`name-2`, `name-3`, ...: the first name whose run directory holds no run."""
-    stem, _, number = name.rpartition("-")
-    base, n = (stem, int(number)) if stem and number.isdigit() else (name, 1)
-    while holds_run(out_dir / f"{base}-{n + 1}"):
-        n += 1
-    return f"{base}-{n + 1}"
 
 
 class TrainPane(Vertical):
@@ -113,21 +84,12 @@ class TrainPane(Vertical):
     # -- layout ----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        with Horizontal(id="train-controls"):
-            yield Button("Start", id="train-start", compact=True, tooltip="s")
-            yield Button("Pause", id="train-pause", compact=True, tooltip="p")
-            yield Button("Stop", id="train-stop", compact=True, tooltip="x")
-            yield Button("Save now", id="train-save", compact=True, tooltip="c")
-            yield Label("processes", id="train-processes-label")
-            yield Input(
-                "1",
-                id="train-processes",
-                type="integer",
-                compact=True,
-                tooltip="more than 1: torchrun on this machine (DDP or FSDP by train.parallel)",
-            )
-            yield Static(id="train-status", markup=False)
+        yield RunControls(id="train-controls")
         yield RunView(id="train-view")
+
+    @property
+    def controls(self) -> RunControls:
+        return self.query_one(RunControls)
 
     @property
     def view(self) -> RunView:
@@ -135,15 +97,12 @@ class TrainPane(Vertical):
 
     @property
     def status(self) -> Static:
-        return self.query_one("#train-status", Static)
+        return self.controls.status
 
     @property
     def processes(self) -> int:
-        """How many processes the next run gets (the field; 1 when empty or not a number)."""
-        try:
-            return max(1, int(self.query_one("#train-processes", Input).value or 1))
-        except ValueError:
-            return 1
+        """How many processes the next run gets."""
+        return self.controls.processes
 
     # what the run view knows, for the App, tests and benchmarks
     @property
@@ -170,41 +129,17 @@ class TrainPane(Vertical):
     # -- actions ---------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "start":
-            return self.state is RunState.IDLE
-        if action == "pause":
-            return self.state is RunState.TRAINING
-        if action == "resume":
-            return self.state is RunState.PAUSED
-        if action in ("stop", "save", "sample_now"):
-            return self.state in (RunState.TRAINING, RunState.PAUSED)
-        return True
+        return allows(self.state, action)
 
     def watch_state(self, state: RunState) -> None:
         self.refresh_bindings()
-        self.view.live = state in (RunState.TRAINING, RunState.PAUSED, RunState.FOLLOWING)
-        self.query_one("#train-pause", Button).label = (
-            "Resume" if state is RunState.PAUSED else "Pause"
-        )
-        for button, allowed in (
-            ("#train-start", self.check_action("start", ())),
-            ("#train-pause", state in (RunState.TRAINING, RunState.PAUSED)),
-            ("#train-stop", self.check_action("stop", ())),
-            ("#train-save", self.check_action("save", ())),
-        ):
-            self.query_one(button, Button).disabled = not allowed
+        self.view.live = state in LIVE
+        self.controls.show(state)
         self._show_status()
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        action = {
-            "train-start": "start",
-            "train-pause": "resume" if self.state is RunState.PAUSED else "pause",
-            "train-stop": "stop",
-            "train-save": "save",
-        }.get(event.button.id or "")
-        if action:
-            self.run_action(action)
+    def on_run_controls_pressed(self, message: RunControls.Pressed) -> None:
+        message.stop()
+        self.run_action(message.action)
 
     @work(exclusive=True, group="train-start")
     async def action_start(self) -> None:
@@ -215,43 +150,17 @@ class TrainPane(Vertical):
         if state is None or state.errors:
             self._refuse_invalid()
             return
-        config, resume = copy.deepcopy(state.config), False  # the App's is shared
-        if holds_run(config.run_dir):
-            fresh = free_name(Path(config.out_dir), config.name)
-            answer = await self.app.push_screen_wait(
-                ChoiceDialog(
-                    f"{config.run_dir} already holds a run. Continue it from its latest "
-                    "checkpoint, or start a new run beside it?",
-                    [("resume", "Continue it"), ("new", f"New run '{fresh}'")],
-                )
-            )
-            if answer is None:
-                return
-            if answer == "new":
-                config.name = fresh
-                self.post_message(ValuesChosen({"name": fresh}))
-            resume = answer == "resume"
-        if not await self._fits(config):
+        config = copy.deepcopy(state.config)  # the App's is shared
+        chosen = await starting.continue_or_new(self.app, config)
+        if chosen is None:
+            return
+        name, resume = chosen
+        if name != config.name:
+            config.name = name
+            self.post_message(ValuesChosen({"name": name}))
+        if not await starting.fits(self.app, config):
             return
         self.start_run(config, resume=resume)
-
-    async def _fits(self, config: Config) -> bool:
-        """A config whose memory estimate exceeds the device's is started only when the user
-        says so, having seen both figures."""
-        need = summary(config)["memory"]["total"]
-        have, what = await asyncio.to_thread(device_memory, config.train.device)
-        if have is None or need <= have:
-            return True
-        answer = await self.app.push_screen_wait(
-            ChoiceDialog(
-                f"Training {config.name} needs about {human(need, 'B')} of memory (the Config "
-                f"pane's estimate); this machine has {human(have, 'B')} of {what}. It will "
-                "likely run out. Start anyway?",
-                [("start", "Start anyway")],
-                cancel="Don't start",
-            )
-        )
-        return answer == "start"
 
     def start_run(self, config: Config, *, resume: bool = False) -> None:
         """Start `config` as a training subprocess (continuing its run when `resume`)."""
@@ -277,10 +186,7 @@ class TrainPane(Vertical):
             await job.run(config, resume=resume)
         except OSError as err:
             self.view.write(f"could not start the engine: {err}", error=True)
-            self.view.ended()
-            self.job = None
-            self.state = RunState.IDLE
-            self.post_message(RunChanged(None, None))
+            self._ended()
 
     @work(exclusive=True, group="train-sample")
     async def action_sample_now(self) -> None:
@@ -340,7 +246,7 @@ class TrainPane(Vertical):
 
     def ask_sample(self, request: p.SampleRequest) -> bool:
         """Ask the live run for a sample; its answer comes back as SampleAnswered."""
-        return self.state in (RunState.TRAINING, RunState.PAUSED) and self._send(request)
+        return self.state in COMMANDING and self._send(request)
 
     def _send(self, command: p.Command) -> bool:
         if self.job is None or not self.job.send(command):
@@ -357,12 +263,10 @@ class TrainPane(Vertical):
         if not errors:
             self.notify("No valid config yet: fill in the Config pane first.", severity="error")
             return
-        key, reason = next(iter(errors.items()))
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        message = f"{key}: {reason}{more}"
+        message = status.refusal(errors)
         self.status.update(f"cannot start: {message}")
         self.notify(message, title="Cannot start: fix this first", severity="error", markup=False)
-        self.post_message(FixConfig(key))
+        self.post_message(FixConfig(next(iter(errors))))
 
     # -- the quit question -----------------------------------------------------------------
 
@@ -397,22 +301,11 @@ class TrainPane(Vertical):
         if self.state is not RunState.IDLE:
             self.notify("A run is already going in the Train pane.", severity="error")
             return False
-        where = str(where)
-        run_dir: Path | None = Path(where) if Path(where).is_dir() else None
-        if run_dir is not None:
-            record = RunDir(run_dir).control_record()
-            if record is None or not record.alive():
-                self.notify(
-                    f"{run_dir} is not training now (no live control endpoint): open it in the "
-                    "Runs pane to see its curves, or resume it",
-                    title="Nothing to attach to",
-                    severity="error",
-                    markup=False,
-                )
-                return False
-            address, token, name = record.address, record.token, run_dir.name
-        else:
-            address, token, name = where, os.environ.get(framing.TOKEN_ENV, ""), where
+        target = starting.attach_target(where)
+        if isinstance(target, str):
+            self.notify(target, title="Nothing to attach to", severity="error", markup=False)
+            return False
+        address, token, name, run_dir = target
         self.workers.cancel_group(self, "train-follow")
         self.follower = None
         self.view.reset(name, run_dir, waiting=True)
@@ -436,15 +329,9 @@ class TrainPane(Vertical):
     def on_detached(self, message: Detached) -> None:
         message.stop()
         self.view.flush()
-        done = self.view.last(p.Done)
-        if message.finished and done is not None:
-            self.view.write(f"the run ended ({done.reason} at step {done.step})")
-        else:
-            where = self.run_dir or (self.job.address if isinstance(self.job, AttachJob) else "")
-            self.view.write(
-                f"lost the connection to the run; if it still trains: gpt-studio --attach {where}",
-                error=True,
-            )
+        where = self.run_dir or (self.job.address if isinstance(self.job, AttachJob) else "")
+        text, error = status.detached_line(message.finished, self.view.last(p.Done), where)
+        self.view.write(text, error=error)
         self._ended()
 
     def _ended(self) -> None:
@@ -473,18 +360,11 @@ class TrainPane(Vertical):
         message.stop()
         self.view.add(message.events)
         for event in message.events:
-            if isinstance(event, p.Start) and self.state is RunState.STARTING:
-                self.state = RunState.TRAINING
-            elif isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
+            if isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
                 self.view.show_sample(event)
             elif isinstance(event, p.Sample) and event.id:
                 self.post_message(SampleAnswered(event))
-            elif isinstance(event, p.Paused) and self.state is RunState.TRAINING:
-                self.state = RunState.PAUSED
-            elif isinstance(event, p.Resumed) and self.state is RunState.PAUSED:
-                self.state = RunState.TRAINING
-            elif isinstance(event, p.Done) and self.state is RunState.FOLLOWING:
-                self.state = RunState.IDLE  # nothing more will come: no longer following
+            self.state = after(self.state, event)
         if self.state is not RunState.IDLE:
             self._show_status()
 
@@ -501,38 +381,15 @@ class TrainPane(Vertical):
         exit = message.exit
         self.view.flush()
         self.last_exit = exit
-        done = self.view.last(p.Done)
-        if exit.code == 0:
-            reason = done.reason if done is not None else "ended"
-            self.view.write(f"the engine exited cleanly ({reason} at step {self.step})")
-        else:
-            self.view.write(f"{exit.describe()}; the last lines it wrote:", error=True)
-            for line in exit.stderr:
-                self.view.write(f"  {line}", error=True)
-            for rank, error in sorted(exit.ranks.items()):
-                self.view.write(f"rank {rank} failed: {error}", error=True)
+        for text, error in status.exit_lines(exit, self.view.last(p.Done), self.step):
+            self.view.write(text, error=error)
+        if exit.code != 0:
             self.notify(first_error(exit), title="Training failed", severity="error", markup=False)
-        self.view.ended()
-        self.job = None
-        self.state = RunState.IDLE
-        self.post_message(RunChanged(None, None))
+        self._ended()
 
     def _show_status(self) -> None:
         if self.state is RunState.IDLE and self.last_exit is None and not self.view.events_seen:
-            self.status.update(self._ready_text())  # may wrap; shown while nothing streams in
-        else:  # while events stream in: a short line of fixed size, so no relayout each time
-            done = self.view.last(p.Done) if self.state is RunState.IDLE else None
-            state = done.reason if done is not None else self.state.value
-            self.status.update(f"{self.run_name} · {state}", layout=False)
-
-    def _ready_text(self) -> str:
-        state = self.config_state
-        if state is None:
-            return "no config yet"
-        if state.errors:
-            return f"the config has {len(state.errors)} problem(s): fix them in the Config pane"
-        c = state.config
-        return (
-            f"ready: {c.name} · {c.model.n_layer} layers × {c.model.n_embd} wide · "
-            f"{c.train.max_steps} steps on {c.data.source} → {c.run_dir}  (press s to start)"
-        )
+            self.status.update(status.ready_text(self.config_state))  # may wrap
+        else:
+            done = self.view.last(p.Done)
+            self.status.update(status.run_text(self.run_name, self.state, done), layout=False)
