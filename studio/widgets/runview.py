@@ -216,19 +216,11 @@ class RunView(Vertical):
 
 
 def describe(event: p.Event) -> str | None:
-    """The log line an event gets; steps are in the charts and figures, not the log."""
-    if isinstance(event, p.Start):
-        resumed = f", continuing after step {event.resumed_from}" if event.resumed_from else ""
-        return (
-            f"{event.run}: {human(event.params)} parameters on {event.device} ({event.dtype}), "
-            f"{event.max_steps} steps of {human(event.tokens_per_step)} tokens{resumed}"
-        )
-    if isinstance(event, p.Eval):
-        return f"step {event.step}: val loss {event.val_loss:.4f} (perplexity {event.ppl:.2f})"
-    if isinstance(event, p.Checkpoint):
-        return f"step {event.step}: saved {event.path}" + (" (best so far)" if event.best else "")
-    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady)):
-        return event_line(event, 0)  # as the engine's console writes it
-    if isinstance(event, p.Sample) and event.id:
-        return f"step {event.step}: answered sample request {event.id}"
-    return None
+    """The log line an event gets: the console's own (engine.contract.render), so a run reads
+    the same in a terminal and here; steps are in the charts and figures, and samples in their
+    box, so those get no line (a sample asked for gets a note that it came)."""
+    if isinstance(event, p.Step):
+        return None
+    if isinstance(event, p.Sample):
+        return f"step {event.step}: answered sample request {event.id}" if event.id else None
+    return event_line(event, 0)
