@@ -23,7 +23,7 @@ def wait_until(condition, timeout: float, what: str):
     while not (value := condition()):
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.05)
+        time.sleep(0.01)
     return value
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import socket
 import stat
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from engine.contract import events as p
 from engine.contract import framing
@@ -32,13 +32,6 @@ def read_events(sock: socket.socket, count: int) -> list[p.Event]:
         assert data, f"hung up after {len(events)} of {count} events"
         events += [p.decode(line) for line in lines.feed(data)]
     return events
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def test_endpoint_is_private_and_a_late_watcher_gets_the_history_then_live_event
         assert got[0].message == "first" and got[2].message == "before anyone watched"
         second = dial(server.address)
         assert len(read_events(second, 3)) == 3
-        wait_for(lambda: server.watchers == 2, "both watchers")
+        wait_until(lambda: server.watchers == 2, 10, "both watchers")
 
         server.write(p.Log("live"))
         assert read_events(first, 1)[0].message == "live"
@@ -76,10 +69,10 @@ def test_endpoint_is_private_and_a_late_watcher_gets_the_history_then_live_event
         first.sendall(p.encode(p.Pause()))
         second.sendall(p.encode(p.Save()) + b"not a command\n" + p.encode(p.Resume()))
         heard: list[p.Command] = []
-        wait_for(lambda: heard.extend(server.poll()) or len(heard) == 3, "three commands")
+        wait_until(lambda: heard.extend(server.poll()) or len(heard) == 3, 10, "three commands")
         assert sorted(type(c).__name__ for c in heard) == ["Pause", "Resume", "Save"]
         first.close()
-        wait_for(lambda: server.watchers == 1, "the first watcher to be gone")
+        wait_until(lambda: server.watchers == 1, 10, "the first watcher to be gone")
         assert server.connected
     finally:
         server.close()
@@ -119,7 +112,7 @@ def test_commands_from_the_launching_studio_and_the_endpoint_are_heard_as_one(ru
         assert not commands.connected
         watcher = dial(server.address)
         read_events(watcher, 2)
-        wait_for(lambda: commands.connected, "the watcher")
+        wait_until(lambda: commands.connected, 10, "the watcher")
         watcher.sendall(p.encode(p.Pause()))
         got = [commands.wait(5.0), commands.wait(5.0)]
         assert {type(c) for c in got} == {p.Stop, p.Pause}

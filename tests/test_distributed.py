@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -253,13 +252,16 @@ def test_the_studio_talks_to_rank_0_and_every_rank_obeys(tmp_path):
         assert studio.until(of("start"))["world_size"] == 2
         studio.until(of("step"))
         studio.send(p.encode(p.Pause()))
-        paused = studio.until(lambda m: m["type"] == "paused")
-        at = paused["step"]
-        time.sleep(1.0)  # the paused ranks keep agreeing, five times a second, without stepping
+        at = studio.until(of("paused"))["step"]
+        # each answer is a round trip every rank took part in (FSDP gathers the weights to
+        # sample and to save), so each proves the ranks still hold at the paused step
         studio.send(p.encode(p.SampleRequest(prompt="the ", max_tokens=8, id="q1")))
         assert studio.until(of("sample", id="q1"))["step"] == at
         studio.send(p.encode(p.Save()))
         assert studio.until(of("checkpoint"))["step"] == at
+        studio.send(p.encode(p.SampleRequest(prompt="a ", max_tokens=4, id="q2")))
+        assert studio.until(of("sample", id="q2"))["step"] == at
+        assert max(m["step"] for m in studio.messages if m["type"] == "step") <= at
         studio.send(p.encode(p.Resume()))
         studio.until(lambda m: m["type"] == "step" and m["step"] > at)
         studio.send(p.encode(p.Stop()))

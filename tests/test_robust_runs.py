@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_until
 from test_train import events, tiny_config
 
 from engine import checkpoint
@@ -147,13 +148,6 @@ def start_headless(cfg: config.Config, tmp_path: Path, *extra: str) -> subproces
     )  # fmt: skip
 
 
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def has_step(cfg: config.Config) -> bool:
     path = cfg.run_dir / "metrics.jsonl"
     return path.exists() and b'"type": "step"' in path.read_bytes()
@@ -165,7 +159,7 @@ def test_a_live_run_refuses_a_second_writer_and_after_kill_9_resumes_and_cleans_
     first = start_headless(cfg, tmp_path)
     saver = checkpoint.CheckpointManager(cfg.run_dir)
     try:
-        wait_for(lambda: len(saver.step_files()) >= 2, "two checkpoints")
+        wait_until(lambda: len(saver.step_files()) >= 2, 60, "two checkpoints")
         inject()
         with pytest.raises(RunLocked, match=f"being trained by process {first.pid}"):
             train(cfg, quiet=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import wait_until
 from studio_helpers import RecordingApp, drive, log_text, until
 from test_train import tiny_config
 from textual.pilot import Pilot
@@ -31,11 +31,12 @@ def test_a_headless_run_is_attached_from_the_runs_pane_paused_and_stopped(tmp_pa
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while (record := RunDir(cfg.run_dir).control_record()) is None:
+
+        def endpoint():
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run never opened its control endpoint"
-            time.sleep(0.1)
+            return RunDir(cfg.run_dir).control_record()
+
+        record = wait_until(endpoint, 120, "the run's control endpoint")
         assert record.alive()
 
         async def test(app: RecordingApp, pilot: Pilot) -> None:
