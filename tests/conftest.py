@@ -1,17 +1,16 @@
+import os
 from pathlib import Path
+
+# Tiny models gain nothing from a thread pool, and on a busy machine the pool waits at every op
+# for a worker the OS has put aside: 30 steps of the tiny test config took 55 s on two threads
+# on a loaded 2-core machine and 1.5 s on one. So every test, and every engine process a test
+# starts (they inherit the environment), computes on one thread.
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads
 
 import pytest
 import torch
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models gain nothing from a thread pool, and on a busy machine the pool waits at
-    every op for a worker the OS has put aside: one thread keeps such tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+torch.set_num_threads(1)
 
 
 def wait_until(condition, timeout: float, what: str):

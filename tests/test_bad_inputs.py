@@ -54,7 +54,7 @@ ROWS = table()
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, one_thread):
+def files(tmp_path_factory):
     """Every {NAME} the table uses."""
     root = tmp_path_factory.mktemp("bad")
     cfg = tiny_config(root / "base", train__max_steps=2, checkpoint__interval=2)
@@ -120,7 +120,7 @@ def run_command(main, argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def session(one_thread):
+def session():
     torch.manual_seed(1)
     tok = CharTokenizer.train(["the cat sat on a mat\n"])
     model = GPT(config.ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=24, vocab_size=64))

@@ -13,8 +13,6 @@ from engine.generate import generate
 from engine.model import GPT
 from engine.tokenizer import CharTokenizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TOK = CharTokenizer.train(["the cat sat on a mat\n"])
 GREEDY = Sampling(max_tokens=6, temperature=0)
 

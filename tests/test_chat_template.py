@@ -9,7 +9,6 @@ from engine.contract.errors import UsageError
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, from_spec
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "What is a list? A list holds items in order. Hello there, café 😀 <|user|> ok\n" * 20
 CONVERSATION = [

@@ -205,7 +205,7 @@ def engine_link(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def session(one_thread):
+def session():
     torch.manual_seed(1)
     tok = CharTokenizer.train(["the cat sat on a mat\n"])
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=24, vocab_size=64))

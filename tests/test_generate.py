@@ -16,8 +16,6 @@ from engine.generate import __main__ as generate_cli
 from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TEXT = "The cat sat on the mat. 猫は日本語で話す 😀🎉 naïve café\n" * 20
 GREEDY = Sampling(max_tokens=12, temperature=0)
 LEARNED = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=320)

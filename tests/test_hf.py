@@ -20,7 +20,6 @@ from engine.model import GPT
 from engine.tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "The cat sat on the mat. 猫は日本語で話す 😀🎉 naïve café\n" * 20
 SAMPLE = "The mat sat on 日本 😀 café<|endoftext|>naïve  cat\n\n"

@@ -14,8 +14,6 @@ from engine.contract.config import ModelConfig
 from engine.model import GPT
 from engine.train import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 GPT2_LIKE = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True)
 LLAMA_LIKE = dataclasses.replace(
     GPT2_LIKE, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False

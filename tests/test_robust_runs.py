@@ -32,7 +32,6 @@ from engine.model import GPT
 from engine.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.usefixtures("one_thread")
 FAULTS = {"injected": 0, "survived": 0}
 
 

@@ -18,7 +18,7 @@ from engine.generate import __main__ as generate_cli
 from engine.tokenizer import CharTokenizer, from_spec
 from engine.train import train
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 GREET = {"hello": "hi {}!", "bye": "see you, {}."}
 HELD = ("bye", "gus")  # never asked in training; "gus" only ever greeted with hello

@@ -18,8 +18,6 @@ from engine.trainer.optim import ModelAndOptimizer
 from engine.trainer.progress import Progress
 from engine.trainer.rng import RngState
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def draws() -> tuple:
     return random.random(), float(np.random.rand()), torch.rand(3).tolist()
