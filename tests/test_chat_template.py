@@ -20,23 +20,26 @@ CONVERSATION = [
 ]
 
 
-def tokenizers():
-    every = "".join(m["content"] for m in CONVERSATION)
-    return {
-        "char": CharTokenizer.train([TEXT, every]),
-        "bpe": BPETokenizer.train([TEXT], 300),
-        "tiktoken": TiktokenTokenizer("cl100k_base"),
-    }
+EVERY = "".join(m["content"] for m in CONVERSATION)
+TOKENIZERS = {  # each built only when its tests run
+    "char": lambda: CharTokenizer.train([TEXT, EVERY]),
+    "bpe": lambda: BPETokenizer.train([TEXT], 300),
+    "tiktoken": lambda: TiktokenTokenizer("cl100k_base"),
+}
 
 
-@pytest.fixture(scope="module", params=["char", "bpe", "tiktoken"])
+@pytest.fixture(scope="module", params=list(TOKENIZERS))
 def chat_tok(request) -> ChatTokenizer:
-    return with_chat(tokenizers()[request.param])
+    return with_chat(TOKENIZERS[request.param]())
 
 
-def hf_tokenizer(tmp_path, tok: ChatTokenizer):
-    export.write_tokenizer(tmp_path, tok, block_size=256)
-    return transformers.AutoTokenizer.from_pretrained(tmp_path)
+@pytest.fixture(scope="module")
+def theirs(chat_tok, tmp_path_factory):
+    """transformers' tokenizer read from our export of `chat_tok`, once per kind (loading
+    cl100k's export takes seconds)."""
+    folder = tmp_path_factory.mktemp("hf")
+    export.write_tokenizer(folder, chat_tok, block_size=256)
+    return transformers.AutoTokenizer.from_pretrained(folder)
 
 
 def test_chat_tokens_take_the_ids_past_the_base_vocabulary(chat_tok):
@@ -54,8 +57,7 @@ def test_the_spec_round_trips_and_says_the_tokenizer_is_for_chat(chat_tok):
 
 
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_template_ids_equal_transformers_apply_chat_template(tmp_path, chat_tok, generation_prompt):
-    theirs = hf_tokenizer(tmp_path, chat_tok)
+def test_template_ids_equal_transformers_apply_chat_template(chat_tok, theirs, generation_prompt):
     # our literal "<|user|>" in content is text; transformers would read it as the tag
     messages = CONVERSATION[:4]
     ours = encode_chat(chat_tok, messages, add_generation_prompt=generation_prompt).ids
