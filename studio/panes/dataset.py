@@ -340,11 +340,15 @@ def describe_facts(info: dict, config: Config) -> str:
         f"  files       {info['files']:,} ({kinds})",
         f"  documents   {info['documents']:,}",
         f"  bytes       {info['bytes']:,} ({human(info['bytes'], 'B')})",
+        f"  text        about {human(info['chars_estimate'])} characters, "
+        f"{human(info['text_bytes_estimate'], 'B')} as UTF-8",
         f"  tokens      about {human(info['tokens_estimate'])} with cl100k_base",
     ]
     tok = config.tokenizer
     if tok.kind == "char":
-        lines.append(f"              about {human(info['bytes'])} with char (one per character)")
+        lines.append(
+            f"              about {human(info['chars_estimate'])} with char (one per character)"
+        )
     elif tok.kind == "tiktoken" and tok.name in TIKTOKEN_VOCAB and tok.name != "cl100k_base":
         lines.append(f"              ({tok.name} gives a similar count)")
     if info.get("replaced_in_sample"):
