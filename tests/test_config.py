@@ -238,3 +238,17 @@ def test_train_parallel_is_ddp_or_fsdp():
     assert config.load_preset("large", ["--train.parallel=fsdp"]).train.parallel == "fsdp"
     with pytest.raises(ConfigError, match=r"train.parallel = 'zero3' must be one of ddp, fsdp"):
         config.load_preset("large", ["--train.parallel=zero3"])
+
+
+def test_every_setting_has_one_line_of_help_from_its_definition():
+    from studio.panes.config import form_fields
+
+    keys = list(form_fields())
+    assert len(keys) > 80  # every field of every section, not a sample
+    missing = [key for key in keys if not config.help_for(key)]
+    assert missing == []
+    for key in keys:
+        line = config.help_for(key)
+        assert "\n" not in line and len(line) <= 96, key  # one line under a field
+    assert config.help_for("train.max_steps") == "optimizer steps in the run"
+    assert config.help_for("train.no_such_key") == ""

@@ -27,6 +27,7 @@ from engine.contract.config import (
     ConfigError,
     apply_overrides,
     check,
+    help_for,
     load,
     load_preset,
     preset_description,
@@ -201,6 +202,7 @@ class ConfigPane(Vertical):
                         to_editor(get_value(self._config, key), kind),
                         choices=CHOICES.get(key),
                         placeholder=PLACEHOLDERS.get(kind, ""),
+                        help=help_for(key),
                         id=_row_id(key),
                     )
                     self._rows[key] = row

@@ -16,7 +16,8 @@ from textual.widgets import Input, Label, Select, Switch
 
 
 class FieldRow(Widget):
-    """A labelled editor whose fault, when it has one, opens a line right under it."""
+    """A labelled editor whose fault, when it has one, opens a line right under it, and whose
+    help line opens there while the editor has the focus."""
 
     error: reactive[str] = reactive("", layout=True)
     """What is wrong with the value; empty when it is fine."""
@@ -41,13 +42,16 @@ class FieldRow(Widget):
         labels: dict[str, str] | None = None,
         placeholder: str = "",
         title: str = "",
+        help: str = "",
         id: str | None = None,
     ) -> None:
         """A bool gets a Switch, a value with `choices` a Select (showing `labels` where given
-        instead of the bare values), anything else an Input."""
+        instead of the bare values), anything else an Input. `help` is one line shown under
+        the editor while it has the focus."""
         super().__init__(id=id, classes="field")
         self.key = key
         self.title = title or key.rpartition(".")[2]  # the label shown
+        self.help = help
         self.editor: Widget
         if isinstance(value, bool):
             self.editor = Switch(value, classes="field-editor")
@@ -68,6 +72,8 @@ class FieldRow(Widget):
         yield Label(self.title, classes="field-key")
         yield self.editor
         yield Label("", classes="field-error", markup=False)
+        if self.help:
+            yield Label(self.help, classes="field-help", markup=False)
 
     @property
     def value(self) -> bool | str:
