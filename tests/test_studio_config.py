@@ -324,3 +324,16 @@ def test_the_focused_field_shows_its_help_line_and_the_others_hide_theirs():
         assert shown_help("train.max_steps") is None
 
     drive(test)
+
+
+def test_a_short_run_is_not_refused_and_the_summary_shows_what_it_will_do():
+    async def test(app: RecordingApp, pilot: Pilot, pane: ConfigPane) -> None:
+        await retype(pilot, pane, "train.max_steps", "300")
+        await retype(pilot, pane, "train.warmup_steps", "700")
+        assert pane.is_valid and pane.config.train.warmup_steps == 700  # kept as written
+        text = " ".join(str(pane.query_one("#summary-figures", Static).content).split())
+        assert "samples every 60 steps" in text and "checkpoints every 60 steps" in text
+        assert "warmup 30 steps (cut*)" in text
+        assert "* train.warmup_steps = 700 is longer than the run" in text
+
+    drive(test)

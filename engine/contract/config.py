@@ -305,8 +305,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = {
     "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
     "model.norm_eps", "train.batch_size", "train.grad_accum", "train.max_steps", "train.lr",
-    "train.eval_interval", "train.eval_steps", "train.sample_interval", "train.sample_tokens",
-    "checkpoint.interval", "checkpoint.keep_last", "log.interval",
+    "train.eval_interval", "train.eval_steps", "train.sample_tokens", "checkpoint.keep_last",
+    "log.interval",
 }  # fmt: skip
 NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
@@ -315,7 +315,8 @@ NON_NEGATIVE = {
     "train.spike_z", "train.max_bad_steps", "train.max_rollbacks",
     "model.logit_softcap", "train.matrix_lr", "train.embedding_lr",
     "train.head_lr", "train.matrix_weight_decay", "train.embedding_weight_decay",
-    "train.head_weight_decay", "train.muon_momentum_warmup",
+    "train.head_weight_decay", "train.muon_momentum_warmup", "train.sample_interval",
+    "checkpoint.interval",
 }  # fmt: skip
 FRACTIONS = {
     "model.dropout",
@@ -625,10 +626,59 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
         yield "data.source", cfg.data.source, "must name a corpus, e.g. 'builtin:prose' or a path"
     if t.min_lr > t.lr > 0:
         yield "train.min_lr", t.min_lr, f"must not exceed train.lr = {t.lr}"
-    if t.warmup_steps > t.max_steps > 0:
-        yield "train.warmup_steps", t.warmup_steps, f"exceeds train.max_steps = {t.max_steps}"
     if not (t.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(t.device)):
         yield "train.device", t.device, "must be auto, cpu, cuda, cuda:N or mps"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules that scale with the run's length: the engine follows them, the studio shows them
+
+
+AUTO_INTERVAL_PARTS = 5  # an interval of 0: this many samples (or checkpoints) over the run
+WARMUP_CUT = 10  # a warmup longer than the run is cut to this fraction of it (1/10)
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A setting the run uses at another value than the config holds, and why."""
+
+    key: str
+    value: int  # as configured
+    used: int
+    reason: str
+
+
+def warmup_steps(t: TrainConfig) -> int:
+    """The warmup a run uses: as configured, unless longer than the run itself. Refusing such a
+    run would make every short trial of a big preset edit two settings; warming up over the
+    whole run would never reach the peak learning rate, so it is cut to a tenth of the run."""
+    return t.warmup_steps if t.warmup_steps <= t.max_steps else t.max_steps // WARMUP_CUT
+
+
+def auto_interval(interval: int, max_steps: int) -> int:
+    """An interval of 0 is a fifth of the run, so a 300-step run samples (or saves) every 60
+    steps and a 2,500-step one every 500; any other interval is used as it is."""
+    return interval or max(1, -(-max_steps // AUTO_INTERVAL_PARTS))
+
+
+def sample_interval(t: TrainConfig) -> int:
+    return auto_interval(t.sample_interval, t.max_steps)
+
+
+def checkpoint_interval(cfg: Config) -> int:
+    return auto_interval(cfg.checkpoint.interval, cfg.train.max_steps)
+
+
+def adjustments(cfg: Config) -> list[Adjustment]:
+    """Where the run will not use a value as written; the engine announces each one (a typed
+    `Adjusted` event) and the Config pane shows it, both from here."""
+    t, out = cfg.train, []
+    if warmup_steps(t) != t.warmup_steps:
+        out.append(Adjustment(
+            "train.warmup_steps", t.warmup_steps, warmup_steps(t),
+            f"longer than the run (train.max_steps = {t.max_steps}); cut to a tenth of the run",
+        ))  # fmt: skip
+    return out
 
 
 def round_up(n: int, multiple: int) -> int:

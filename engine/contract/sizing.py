@@ -11,7 +11,17 @@ import dataclasses
 import math
 from typing import Any
 
-from engine.contract.config import CHOICES, Config, ModelConfig, TrainConfig, round_up
+from engine.contract.config import (
+    CHOICES,
+    Config,
+    ModelConfig,
+    TrainConfig,
+    adjustments,
+    checkpoint_interval,
+    round_up,
+    sample_interval,
+    warmup_steps,
+)
 from engine.contract.errors import UsageError
 
 VOCAB_MULTIPLE = 64  # embedding rows padded so matmuls hit fast kernel shapes
@@ -304,4 +314,9 @@ def summary(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, Any]:
         "tokens_per_step": tokens_per_step,
         "train_tokens": tokens_per_step * cfg.train.max_steps,
         "memory": memory,
+        # what the run does with settings that scale with its length (config's rules)
+        "warmup_steps": warmup_steps(cfg.train),
+        "sample_interval": sample_interval(cfg.train),
+        "checkpoint_interval": checkpoint_interval(cfg),
+        "adjustments": adjustments(cfg),
     }

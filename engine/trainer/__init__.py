@@ -301,6 +301,8 @@ class Trainer:
             max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
             resumed_from=self.progress.step,
         ))  # fmt: skip
+        for a in config.adjustments(cfg):  # typed, so no reader matches a line of text
+            self.reporter.emit(p.Adjusted(key=a.key, value=a.value, used=a.used, reason=a.reason))
         if self.runtime.why:
             self.reporter.emit(p.Log(self.runtime.why))
         for note in self.notes:
@@ -344,9 +346,10 @@ class Trainer:
                     level="warning",
                 ))  # fmt: skip
                 val_loss = None
-        if (step % t.sample_interval == 0 or last) and t.sample_prompts:
+        if (step % config.sample_interval(t) == 0 or last) and t.sample_prompts:
             self.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + step)
-        if (step % cfg.checkpoint.interval == 0 or last) and not self.save(val_loss) and last:
+        saving = step % config.checkpoint_interval(cfg) == 0 or last
+        if saving and not self.save(val_loss) and last:
             raise Diverged(step, "the weights are not finite")
         if self.control.paused:  # after this step's records, so they show where it paused
             self.hold()

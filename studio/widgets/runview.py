@@ -227,7 +227,7 @@ def describe(event: p.Event) -> str | None:
         return f"step {event.step}: val loss {event.val_loss:.4f} (perplexity {event.ppl:.2f})"
     if isinstance(event, p.Checkpoint):
         return f"step {event.step}: saved {event.path}" + (" (best so far)" if event.best else "")
-    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady)):
+    if isinstance(event, (p.Done, p.Error, p.Log, p.Paused, p.Resumed, p.DataReady, p.Adjusted)):
         return event_line(event, 0)  # as the engine's console writes it
     if isinstance(event, p.Sample) and event.id:
         return f"step {event.step}: answered sample request {event.id}"

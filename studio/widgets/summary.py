@@ -69,12 +69,18 @@ def render_figures(s: dict[str, Any]) -> str:
         ("tokens per step", human(s["tokens_per_step"])),
         ("tokens in the run", human(s["train_tokens"])),
         ("FLOPs per token", human(s["flops_per_token"], "FLOP")),
+        ("warmup", f"{s['warmup_steps']:,} steps" + (" (cut*)" if s["adjustments"] else "")),
+        ("samples every", f"{s['sample_interval']:,} steps"),
+        ("checkpoints every", f"{s['checkpoint_interval']:,} steps"),
         ("", ""),
         ("memory (training)", human(mem["total"], "B")),
         *[(f"  {label}", human(mem[key], "B")) for key, label in MEMORY_PARTS.items()],
     ]
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"{name:<{width}}{value}" if name else "" for name, value in rows]
+    notes = [f"* {a.key} = {a.value:,} is {a.reason}" for a in s["adjustments"]]
     if guess:
-        lines += ["", "* a char vocabulary is known only once the corpus is read"]
+        notes.append("* a char vocabulary is known only once the corpus is read")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
