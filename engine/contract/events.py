@@ -159,6 +159,7 @@ class DataReady(Event):
     val_tokens: int
     documents: int
     cached: bool = False
+    vocab_size: int = 0  # the tokenizer's ids, before padding (a char vocabulary: now known)
 
 
 @dataclass

@@ -57,6 +57,14 @@ def vocab_size(cfg: Config, tokenizer_vocab: int | None = None) -> int:
     return padded_vocab(tokenizer_vocab)
 
 
+def vocab_key(cfg: Config) -> str:
+    """The settings a prepared tokenizer's vocabulary follows from: the studio keeps the size a
+    prepare reported under this key, and uses it while the config still names that data."""
+    d, t = cfg.data, cfg.tokenizer
+    return "\0".join(map(str, (d.source, d.include, d.text_column, d.format, t.kind, t.name,
+                                t.vocab_size, t.path)))  # fmt: skip
+
+
 def resolve_model(cfg: Config, tokenizer_vocab: int) -> ModelConfig:
     """The model config with its vocabulary fixed to the tokenizer's (padded), ready to build."""
     return dataclasses.replace(cfg.model, vocab_size=vocab_size(cfg, tokenizer_vocab))

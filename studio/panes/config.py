@@ -236,6 +236,11 @@ class ConfigPane(Vertical):
         if key in self._rows:
             self._rows[key].editor.focus()
 
+    def know_vocab(self, config: Config, vocab_size: int) -> None:
+        """Data for `config` is prepared with `vocab_size` token ids: the figures use it (for
+        as long as the form names the same data and tokenizer) instead of a guess."""
+        self.query_one(ConfigSummary).know_vocab(config, vocab_size)
+
     def on_field_row_changed(self, event: FieldRow.Changed) -> None:
         event.stop()
         self._rebuild()

@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from engine.contract.config import Config
 from engine.contract.render import human
-from engine.contract.sizing import summary
+from engine.contract.sizing import summary, vocab_key
 
 MEMORY_PARTS = {
     "params": "weights",
@@ -37,6 +37,13 @@ class ConfigSummary(Vertical):
         super().__init__(id=id)
         self.figures: dict[str, Any] = {}
         """The last `engine.contract.sizing.summary` shown: tests and other panes read numbers here."""
+        self.known_vocab: dict[str, int] = {}
+        """Tokenizer sizes that prepared data reported, by `vocab_key`: used instead of a guess."""
+
+    def know_vocab(self, config: Config, vocab_size: int) -> None:
+        """Prepared data for `config` has this many token ids: show figures from it."""
+        self.known_vocab[vocab_key(config)] = vocab_size
+        self.watch_config(self.config)
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary-problems", markup=False)
@@ -52,7 +59,7 @@ class ConfigSummary(Vertical):
     def watch_config(self, config: Config | None) -> None:
         if config is None:
             return
-        self.figures = summary(config)
+        self.figures = summary(config, self.known_vocab.get(vocab_key(config)))
         text, box = render_figures(self.figures), self.query_one("#summary-figures", Static)
         # same number of lines: skip the screen-wide relayout, which makes typing lag
         box.update(text, layout=text.count("\n") != str(box.content).count("\n"))
