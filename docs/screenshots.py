@@ -119,7 +119,12 @@ async def compare_runs(folder: Path) -> None:
     runs = [small(folder, f"lr-{lr}", 150, matrix_lr=lr) for lr in (0.01, 0.04)]
     procs = [train_headless(config, folder) for config in runs]
     assert all(proc.wait() == 0 for proc in procs), "a run for the comparison failed"
-    app = StudioApp(runs[0])
+    await show_comparison(runs[0])
+
+
+async def show_comparison(config: Config) -> None:
+    """The first two runs under `config.out_dir`, marked and compared."""
+    app = StudioApp(config)
     async with app.run_test(size=SIZE) as pilot:
         pane = app.query_one(RunsPane)
         await pilot.press("ctrl+r")
@@ -146,7 +151,7 @@ async def attach_run(folder: Path) -> None:
             await pilot.pause(0.5)
             app.save_screenshot("attach-runs-pane.svg", path=str(DOCS))
             await pilot.press("a")
-            await until(pilot, lambda: train.state is RunState.TRAINING and train.step >= 60)
+            await until(pilot, lambda: train.state is RunState.TRAINING and train.step >= 20)
             await pilot.press("p")
             await until(pilot, lambda: train.state is RunState.PAUSED)
             await pilot.pause(1.0)
