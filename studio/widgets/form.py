@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from textual import events
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.reactive import reactive
@@ -72,8 +73,12 @@ class FieldRow(Widget):
         yield Label(self.title, classes="field-key")
         yield self.editor
         yield Label("", classes="field-error", markup=False)
-        if self.help:
-            yield Label(self.help, classes="field-help", markup=False)
+
+    def _on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        # the help line is made when first needed: a form of ~90 rows keeps ~90 fewer widgets
+        # in the DOM until a person visits them
+        if self.help and not self.query(".field-help"):
+            self.mount(Label(self.help, classes="field-help", markup=False))
 
     @property
     def value(self) -> bool | str:
