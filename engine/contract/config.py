@@ -100,7 +100,7 @@ class ModelConfig:
     norm_eps: float = setting(1e-5, "a small constant that keeps the norms' division stable")
     norm_affine: bool = setting(True, "learned gains in the norms; false: parameter-free norms")
     mlp: str = setting(
-        "gelu", "MLP activation: gelu, swiglu (gated) or relu2 (ReLU squared, not gated)"
+        "gelu", "MLP: gelu (tanh form, GPT-2), gelu_exact (erf), swiglu (gated) or relu2"
     )
     mlp_hidden: int = setting(
         0, "MLP hidden width; 0: 4*n_embd for gelu and relu2, about 8/3*n_embd for swiglu"
@@ -293,7 +293,7 @@ TOP_LEVEL = [f.name for f in fields(Config) if f.name not in SECTIONS]
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos": ("learned", "rope"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu", "relu2"),
+    "model.mlp": ("gelu", "gelu_exact", "swiglu", "relu2"),
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
     "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
