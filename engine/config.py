@@ -48,7 +48,10 @@ def describe(cfg: Config) -> str:
             f"  parameters  {human(s['params'])} "
             f"({human(s['params_no_embedding'])} without embeddings)",
             f"  per step    {human(s['tokens_per_step'])} tokens, {human(step_flop, 'FLOP')}",
-            f"  whole run   {human(s['train_tokens'])} tokens in {cfg.train.max_steps} steps",
+            f"  whole run   {human(s['train_tokens'])} tokens in {cfg.train.max_steps} steps; "
+            f"warmup {s['warmup_steps']}, samples every {s['sample_interval']}, "
+            f"checkpoints every {s['checkpoint_interval']}",
+            *(f"  note        {a.key} = {a.value} is {a.reason}" for a in s["adjustments"]),
             f"  memory      {human(mem['total'], 'B')} per device ({parts})",
             "",
         ]

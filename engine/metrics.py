@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from engine.contract import events as p
 from engine.contract.config import Config, to_dict
 from engine.contract.errors import UsageError
-from engine.contract.render import Rates, event_line, progress_line, sample_text
+from engine.contract.render import Rates, duration, event_line, progress_line, sample_text
 
 
 class Sink(Protocol):
@@ -210,14 +210,14 @@ class RichConsole:
             TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         self.console = Console()
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("eta {task.fields[eta]}"),  # the engine's estimate, as the studio shows
+            console=self.console, transient=False,
         )  # fmt: skip
         self.tasks: dict[str, Any] = {}
         self.rates = Rates()
@@ -227,7 +227,7 @@ class RichConsole:
     def _task(self, name: str, total: float | None, completed: float = 0) -> Any:
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task(
-                name, total=total, completed=completed, info=""
+                name, total=total, completed=completed, info="", eta="-"
             )
         return self.tasks[name]
 
@@ -237,11 +237,13 @@ class RichConsole:
             self._task("training", event.max_steps, event.resumed_from)
         elif isinstance(event, p.Step):
             task = self._task("training", self.max_steps or None)
-            self.progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}")
+            self.progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}",
+                                 eta=duration(event.eta_s))  # fmt: skip
         elif isinstance(event, p.Progress):
             task = self._task(event.task, event.total)
-            speed, _ = self.rates.describe(event)
-            self.progress.update(task, completed=event.done, total=event.total, info=speed)
+            speed, eta = self.rates.describe(event)
+            self.progress.update(task, completed=event.done, total=event.total, info=speed,
+                                 eta=duration(eta))  # fmt: skip
             return
         line = event_line(event, self.max_steps)
         if line is not None:

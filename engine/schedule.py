@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.contract.config import TrainConfig
+from engine.contract.config import TrainConfig, warmup_steps
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -14,8 +14,9 @@ def lr_at(step: int, t: TrainConfig) -> float:
     `min_lr` at `max_steps`; constant; or warmup-stable-decay, which holds `lr` and spends the
     last `decay_fraction` of the run decaying linearly to `min_lr`.
     """
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
+    warmup = warmup_steps(t)  # a warmup longer than the run is cut (the contract's rule)
+    if step < warmup:
+        return t.lr * (step + 1) / warmup
     if t.lr_schedule == "constant":
         return t.lr
     if t.lr_schedule == "wsd":
@@ -24,7 +25,7 @@ def lr_at(step: int, t: TrainConfig) -> float:
             return t.lr
         span, done = t.max_steps - decay_start, step - decay_start
     else:
-        span, done = t.max_steps - t.warmup_steps, step - t.warmup_steps
+        span, done = t.max_steps - warmup, step - warmup
     progress = min(1.0, done / span) if span > 0 else 1.0
     if t.lr_schedule == "cosine":
         return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)

@@ -46,6 +46,7 @@ from studio.messages import (
     RunChanged,
     SampleAnswered,
     ValuesChosen,
+    VocabKnown,
 )
 from studio.panes.chat import ChatPane
 from studio.panes.config import ConfigPane
@@ -230,6 +231,9 @@ class StudioApp(App[None]):
             save(self.config.config, path, overwrite=True)
         except (OSError, ConfigError):
             pass  # remembering is a convenience: a read-only home costs nothing else
+
+    def on_vocab_known(self, message: VocabKnown) -> None:
+        self.config_pane.know_vocab(message.config, message.vocab_size)
 
     def on_values_chosen(self, message: ValuesChosen) -> None:
         self.config_pane.set_values(message.values)

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class VocabKnown(Message):
+    """Data for `config` was prepared: its tokenizer has `vocab_size` ids (no longer a guess)."""
+
+    config: Config
+    vocab_size: int
+
+
+@dataclass
 class RunEvents(Message):
     """Events of a run, in order: from a training job's socket or a metrics.jsonl being read."""
 

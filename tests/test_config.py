@@ -238,3 +238,42 @@ def test_train_parallel_is_ddp_or_fsdp():
     assert config.load_preset("large", ["--train.parallel=fsdp"]).train.parallel == "fsdp"
     with pytest.raises(ConfigError, match=r"train.parallel = 'zero3' must be one of ddp, fsdp"):
         config.load_preset("large", ["--train.parallel=zero3"])
+
+
+def test_every_setting_has_one_line_of_help_from_its_definition():
+    from studio.panes.config import form_fields
+
+    keys = list(form_fields())
+    assert len(keys) > 80  # every field of every section, not a sample
+    missing = [key for key in keys if not config.help_for(key)]
+    assert missing == []
+    for key in keys:
+        line = config.help_for(key)
+        assert "\n" not in line and len(line) <= 96, key  # one line under a field
+    assert config.help_for("train.max_steps") == "optimizer steps in the run"
+    assert config.help_for("train.no_such_key") == ""
+
+
+def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_of_it_with_a_note_not_refused():
+    cfg = config.load("tiny", ["--train.max_steps=300", "--train.warmup_steps=700"])
+    assert config.warmup_steps(cfg.train) == 30
+    [note] = config.adjustments(cfg)
+    assert (note.key, note.value, note.used) == ("train.warmup_steps", 700, 30)
+    assert "train.max_steps = 300" in note.reason
+    from engine.schedule import lr_at
+
+    peak = cfg.train.lr
+    assert lr_at(29, cfg.train) == pytest.approx(peak) and lr_at(0, cfg.train) < peak / 10
+    fits = config.load("tiny", ["--train.max_steps=300", "--train.warmup_steps=300"])
+    assert config.warmup_steps(fits.train) == 300 and config.adjustments(fits) == []
+
+
+def test_tinys_sample_and_checkpoint_intervals_scale_with_the_run_length():
+    for steps, every in [(300, 60), (2500, 500), (7, 2), (1, 1)]:
+        cfg = config.load("tiny", [f"--train.max_steps={steps}"])
+        assert config.sample_interval(cfg.train) == every
+        assert config.checkpoint_interval(cfg) == every
+    fixed = config.load("tiny", ["--train.max_steps=300", "--train.sample_interval=100"])
+    assert config.sample_interval(fixed.train) == 100  # a number given is used as it is
+    with pytest.raises(ConfigError, match=r"checkpoint\.interval = -1 must be 0 or more"):
+        config.load("tiny", ["--checkpoint.interval=-1"])

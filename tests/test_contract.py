@@ -121,6 +121,18 @@ def test_the_console_lines_of_typed_events_match_the_old_log_text():
     )
 
 
+def test_an_adjusted_setting_is_one_note_naming_it_both_values_and_why():
+    from engine.contract.config import adjustments, load
+
+    [a] = adjustments(load("tiny", ["--train.max_steps=300", "--train.warmup_steps=700"]))
+    event = events.Adjusted(key=a.key, value=a.value, used=a.used, reason=a.reason)
+    assert events.decode(events.encode(event)) == event
+    assert render.event_line(event, 0) == (
+        "note: train.warmup_steps = 700 is longer than the run (train.max_steps = 300); cut to "
+        "a tenth of the run: using 30"
+    )
+
+
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused_at_decode(constant):
     line = f'{{"type": "eval", "step": 1, "val_loss": {constant}, "ppl": 1.0}}'

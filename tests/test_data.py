@@ -406,6 +406,33 @@ def test_inspect_prints_documents_bytes_tokens_and_a_preview(tmp_path):
     assert bad.stderr.count("\n") == 1
 
 
+NON_ASCII = [
+    "Привет, мир: тёмная вода.",
+    "Héllo wörld, ça va?",
+    "日本語のテキストです。",
+    "plain words",
+]
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl"])
+def test_inspect_counts_characters_and_text_bytes_of_non_ascii_text_exactly(tmp_path, kind):
+    rng = random.Random(1)
+    docs = [" ".join(rng.choice(NON_ASCII) for _ in range(rng.randint(1, 6))) for _ in range(150)]
+    if kind == "text":
+        path = tmp_path / "u.txt"
+        path.write_text("\n".join(docs), encoding="utf-8")
+        text = "\n".join(docs)
+    else:  # escaped as json.dumps writes it: é is 6 bytes in the file, 2 in the text
+        path = tmp_path / "u.jsonl"
+        path.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+        text = "".join(docs)
+    assert path.stat().st_size < 1 << 16  # under the sample's share of one unit: read whole
+    info = sources.summary(sources.resolve(str(path)))
+    assert info["chars_estimate"] == len(text)
+    assert info["text_bytes_estimate"] == len(text.encode("utf-8"))
+    assert info["chars_estimate"] < 0.7 * info["bytes"]  # a byte count would be far too high
+
+
 def test_prepare_command_reports_events_for_the_studio(tmp_path):
     cfg = make_cfg(tmp_path, write_text(tmp_path / "c.txt", 300))
     path = config.save(cfg, tmp_path / "c.toml")

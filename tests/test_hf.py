@@ -5,6 +5,8 @@ Every model here is tiny and random, built and saved by the test: nothing is dow
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -359,6 +361,19 @@ def test_export_never_writes_into_a_folder_that_holds_files_unless_forced(tmp_pa
     assert "exported GPT-2 model" in capsys.readouterr().out
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_weights_get_the_same_permissions_as_the_other_files(tmp_path, bpe, umask):
+    save_ours(tmp_path / "ckpt.pt", BASE, bpe)
+    old = os.umask(umask)
+    try:
+        export.export(tmp_path / "ckpt.pt", tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert set(modes) == set(export.FILES)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def test_every_event_round_trips_through_ndjson():
         p.Paused(step=4),
         p.Resumed(step=4),
         p.DataReady(out_dir="data/ab12", train_tokens=900, val_tokens=100, documents=3),
+        p.Adjusted(key="train.warmup_steps", value=700, used=30, reason="longer than the run"),
         p.Error(message="x = 1 must be 2", origin="override '--x=1'", key="x", value=1,
                 allowed="must be 2"),
     ]  # fmt: skip

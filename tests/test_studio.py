@@ -18,12 +18,15 @@ from studio_helpers import RecordingApp, drive, fake_engine, log_text, small_run
 from test_train import corpus, tiny_config
 from textual.command import CommandList
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from engine.contract import events as p
+from engine.contract.sizing import padded_vocab
 from studio.panes.chat import LIVE
 from studio.panes.train import RunState
 from studio.widgets.dialogs import ChoiceDialog
 from studio.widgets.form import FieldRow
+from studio.widgets.summary import ConfigSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -377,6 +380,14 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
         assert data.prepared
         assert bar.percentage == 1.0 and data.progress[0] == data.progress[1] > 0
         assert (tmp_path / "cache").is_dir()
+        # the char vocabulary is known now: the Config pane stops saying "guess"
+        assert data.ready is not None and 10 < data.ready.vocab_size < 200
+        figures = config.query_one(ConfigSummary).figures
+        assert figures["vocab_size"] == padded_vocab(data.ready.vocab_size)
+        assert not figures["vocab_is_guess"]
+        assert "guess" not in str(config.query_one("#summary-figures", Static).content)
+        await pilot.press("f2")  # other data: a guess again until it is prepared
+        assert config.query_one(ConfigSummary).figures["vocab_is_guess"]
 
     drive(test)
 

@@ -18,7 +18,7 @@ from textual.command import CommandList
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from engine.contract.config import Config, load, load_preset, presets
+from engine.contract.config import Config, help_for, load, load_preset, presets
 from engine.contract.render import human
 from engine.contract.sizing import summary
 from studio.app import StudioApp, main
@@ -304,3 +304,36 @@ def test_float_fields_round_trip_through_their_text(value):
     cfg = Config()
     from_editor(cfg, "train.lr", "float", to_editor(value, "float"))
     assert cfg.train.lr == value
+
+
+def test_the_focused_field_shows_its_help_line_and_the_others_hide_theirs():
+    async def test(app: RecordingApp, pilot: Pilot, pane: ConfigPane) -> None:
+        def shown_help(key: str) -> str | None:
+            labels = row(pane, key).query(".field-help")
+            visible = [label for label in labels if label.display and label.region.height]
+            return str(visible[0].content) if visible else None
+
+        row(pane, "train.max_steps").editor.focus()
+        await pilot.pause()
+        assert shown_help("train.max_steps") == help_for("train.max_steps")
+        assert shown_help("train.lr") is None
+        await pilot.press("tab")  # the next field: its help opens, the last one's closes
+        await pilot.pause()
+        nxt = next(k for k, r in ((r.key, r) for r in pane.query(FieldRow)) if r.has_focus_within)
+        assert nxt != "train.max_steps" and shown_help(nxt) == help_for(nxt)
+        assert shown_help("train.max_steps") is None
+
+    drive(test)
+
+
+def test_a_short_run_is_not_refused_and_the_summary_shows_what_it_will_do():
+    async def test(app: RecordingApp, pilot: Pilot, pane: ConfigPane) -> None:
+        await retype(pilot, pane, "train.max_steps", "300")
+        await retype(pilot, pane, "train.warmup_steps", "700")
+        assert pane.is_valid and pane.config.train.warmup_steps == 700  # kept as written
+        text = " ".join(str(pane.query_one("#summary-figures", Static).content).split())
+        assert "samples every 60 steps" in text and "checkpoints every 60 steps" in text
+        assert "warmup 30 steps (cut*)" in text
+        assert "* train.warmup_steps = 700 is longer than the run" in text
+
+    drive(test)

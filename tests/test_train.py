@@ -75,6 +75,19 @@ def events(cfg: config.Config) -> list[p.Event]:
     return metrics.read_events(cfg.run_dir / "metrics.jsonl")
 
 
+@pytest.mark.slow
+def test_a_short_run_warms_up_over_part_of_it_and_samples_and_saves_as_it_goes(tmp_path):
+    cfg = tiny_config(tmp_path, train__max_steps=6, train__sample_interval=0,
+                      checkpoint__interval=0, train__eval_interval=100)  # fmt: skip
+    cfg.train.warmup_steps = 50  # longer than the run: cut, not refused
+    train(cfg, quiet=True)
+    seen = events(cfg)
+    [note] = [e for e in seen if isinstance(e, p.Adjusted)]
+    assert (note.key, note.value, note.used) == ("train.warmup_steps", 50, 0)
+    assert [e.step for e in seen if isinstance(e, p.Sample)] == [2, 4, 6]  # one prompt
+    assert {e.step for e in seen if isinstance(e, p.Checkpoint)} == {2, 4, 6}
+
+
 def test_loss_decreases_on_a_tiny_config(tmp_path):
     cfg = tiny_config(tmp_path, train__max_steps=60)
     state = train(cfg, quiet=True)

@@ -66,28 +66,58 @@ class ConfigError(UsageError):
         return {"origin": self.origin, "key": self.key, "value": value, "allowed": self.allowed}
 
 
+def setting(default: Any, help: str) -> Any:
+    """A field with its one line of help, which the Config pane shows under the focused field.
+    (A list default is written out as `field(default_factory=..., metadata={"help": ...})`.)"""
+    return field(default=default, metadata={"help": help})
+
+
+def help_for(key: str) -> str:
+    """The help line of a dotted setting ("train.max_steps"); "" for a key with none."""
+    section, _, name = key.rpartition(".")
+    owner = SECTIONS.get(section) if section else Config
+    for f in fields(owner) if owner is not None else ():
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    return ""
+
+
 @dataclass
 class ModelConfig:
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    n_kv_head: int = 0  # 0: same as n_head (plain multi-head attention)
-    block_size: int = 256
-    vocab_size: int = 0  # 0: taken from the tokenizer, padded to a multiple of 64
-    dropout: float = 0.0
-    bias: bool = False
-    pos: str = "learned"  # learned | rope
-    rope_theta: float = 10000.0
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    norm_eps: float = 1e-5
-    norm_affine: bool = True  # false: norms without learned gains (parameter-free RMSNorm)
-    mlp: str = "gelu"  # gelu (tanh form, GPT-2) | gelu_exact (erf) | swiglu | relu2 (squared)
-    mlp_hidden: int = 0  # 0: 4*n_embd for gelu and relu2, about 8/3*n_embd (x64) for swiglu
-    qk_norm: bool = False  # normalise each head's queries and keys before attention (Qwen3)
-    logit_softcap: float = 0.0  # > 0: logits squashed smoothly into (-cap, cap); 0: off
-    zero_init: bool = False  # output projections of attention and MLP start at zero
-    tie_embeddings: bool = True
-    activation_checkpointing: bool = False
+    n_layer: int = setting(6, "transformer blocks stacked; more is deeper and slower")
+    n_head: int = setting(6, "attention heads per block; must divide n_embd")
+    n_embd: int = setting(384, "the width of every token's vector (the residual stream)")
+    n_kv_head: int = setting(0, "key/value heads (grouped-query attention); 0: same as n_head")
+    block_size: int = setting(256, "context length: the most tokens the model sees at once")
+    vocab_size: int = setting(
+        0, "rows of the token table; 0: the tokenizer's vocabulary, padded to a multiple of 64"
+    )
+    dropout: float = setting(0.0, "share of activations zeroed in training; 0 suits most runs")
+    bias: bool = setting(False, "biases in linear layers and norms (GPT-2 had them)")
+    pos: str = setting("learned", "positions: learned (a table, GPT-2) or rope (rotary)")
+    rope_theta: float = setting(10000.0, "rope's base frequency; larger suits longer contexts")
+    norm: str = setting("layernorm", "normalisation: layernorm (GPT-2) or rmsnorm (cheaper)")
+    norm_eps: float = setting(1e-5, "a small constant that keeps the norms' division stable")
+    norm_affine: bool = setting(True, "learned gains in the norms; false: parameter-free norms")
+    mlp: str = setting(
+        "gelu", "MLP: gelu (tanh form, GPT-2), gelu_exact (erf), swiglu (gated) or relu2"
+    )
+    mlp_hidden: int = setting(
+        0, "MLP hidden width; 0: 4*n_embd for gelu and relu2, about 8/3*n_embd for swiglu"
+    )
+    qk_norm: bool = setting(
+        False, "normalise each head's queries and keys before attention (Qwen3); steadier"
+    )
+    logit_softcap: float = setting(
+        0.0, "> 0: logits squashed smoothly into (-cap, cap); 0: off (needed to export)"
+    )
+    zero_init: bool = setting(
+        False, "attention and MLP outputs start at zero: every block starts as the identity"
+    )
+    tie_embeddings: bool = setting(True, "the output layer reuses the token table")
+    activation_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass: less memory, about 30% slower"
+    )
 
     @property
     def head_dim(self) -> int:
@@ -109,67 +139,97 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "char"  # char | bpe | tiktoken
-    name: str = "cl100k_base"  # tiktoken encoding
-    vocab_size: int = 8192  # bpe: size to train to
-    path: str = ""  # bpe: an existing tokenizer.json instead of training one
+    kind: str = setting(
+        "char", "char (one id per character), bpe (trained on the corpus) or tiktoken"
+    )
+    name: str = setting("cl100k_base", "tiktoken: the encoding, e.g. cl100k_base or gpt2")
+    vocab_size: int = setting(8192, "bpe: the vocabulary size to train to")
+    path: str = setting("", "bpe: an existing tokenizer.json to use instead of training one")
 
 
 @dataclass
 class DataConfig:
-    source: str = "builtin:prose"
-    text_column: str = "text"  # jsonl field / parquet column
-    format: str = "auto"  # auto | text | chat (conversations: loss on the assistant's tokens)
-    include: str = "*.txt"  # glob for files under a directory source
-    val_fraction: float = 0.01
-    streaming: bool = False  # tokenize on the fly instead of preparing shards first
-    cache_dir: str = ""  # prepared shards; "": $GPT_STUDIO_CACHE or ~/.cache/gpt-studio
-    num_workers: int = 0  # tokenizing processes; 0: one per core
+    source: str = setting(
+        "builtin:prose", "what to train on: builtin:prose, builtin:code, a file, folder or glob"
+    )
+    text_column: str = setting("text", "the .jsonl field or parquet column that holds the text")
+    format: str = setting(
+        "auto", "auto, text, or chat (conversations: loss on the assistant's tokens only)"
+    )
+    include: str = setting("*.txt", "which files of a folder source to read (a glob)")
+    val_fraction: float = setting(0.01, "share of the corpus held out for validation")
+    streaming: bool = setting(False, "tokenize on the fly instead of preparing shards first")
+    cache_dir: str = setting(
+        "", "where prepared shards go; empty: $GPT_STUDIO_CACHE or ~/.cache/gpt-studio"
+    )
+    num_workers: int = setting(0, "processes that tokenize when preparing; 0: one per core")
 
 
 @dataclass
 class TrainConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
-    parallel: str = "ddp"  # under torchrun: ddp (a full copy per GPU) | fsdp (sharded)
-    batch_size: int = 12
-    grad_accum: int = 1
-    max_steps: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
-    lr_schedule: str = "cosine"  # cosine | linear | constant | wsd
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
+    device: str = setting("auto", "auto (GPU if any), cpu, cuda, cuda:N or mps")
+    dtype: str = setting(
+        "auto", "auto, float32, bfloat16 or float16; auto picks bf16 where it is fast"
+    )
+    compile: bool = setting(False, "torch.compile the model: faster steps after a slow start")
+    parallel: str = setting(
+        "ddp", "under several processes: ddp (a full copy each) or fsdp (sharded)"
+    )
+    batch_size: int = setting(12, "sequences per micro-batch on each device")
+    grad_accum: int = setting(1, "micro-batches summed into one step (a larger effective batch)")
+    max_steps: int = setting(2000, "optimizer steps in the run")
+    lr: float = setting(1e-3, "peak learning rate (AdamW; with muon, of the 1-D gains)")
+    min_lr: float = setting(1e-4, "the learning rate the schedule decays to at the end")
+    optimizer: str = setting(
+        "adamw", "adamw, or muon (Muon for hidden matrices, AdamW for the rest)"
+    )
+    lr_schedule: str = setting(
+        "cosine", "after warmup: cosine, linear, constant or wsd (hold, then decay)"
+    )
+    warmup_steps: int = setting(
+        100, "steps rising to the peak learning rate; longer than the run: cut to a tenth of it"
+    )
+    decay_fraction: float = setting(0.2, "wsd: the share of steps spent decaying at the end")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices")
+    beta1: float = setting(0.9, "AdamW's first-moment decay (momentum)")
+    beta2: float = setting(0.95, "AdamW's second-moment decay; higher is steadier")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0: no clipping")
     # optimizer = "muon": each group's own learning rate (the schedule scales all of them alike)
     # and weight decay; train.lr then drives only the 1-D gains and biases
-    matrix_lr: float = 0.02  # Muon: the hidden 2-D matrices of every block
-    matrix_weight_decay: float = 0.0
-    embedding_lr: float = 0.2  # AdamW: the token (and position) tables
-    embedding_weight_decay: float = 0.0
-    head_lr: float = 0.004  # AdamW: the output layer, when untied
-    head_weight_decay: float = 0.0
-    muon_momentum: float = 0.95
-    muon_momentum_warmup: int = 300  # steps to raise Muon's momentum from 0.85; 0: none
-    eval_interval: int = 250
-    eval_steps: int = 20
-    sample_interval: int = 500
-    sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
-    sample_tokens: int = 200
-    seed: int = 1337
-    init_from: str = ""  # a checkpoint to start from (fine-tuning)
+    matrix_lr: float = setting(0.02, "muon: learning rate of the blocks' hidden matrices")
+    matrix_weight_decay: float = setting(0.0, "muon: weight decay of the hidden matrices")
+    embedding_lr: float = setting(0.2, "muon: AdamW learning rate of the token and position tables")
+    embedding_weight_decay: float = setting(0.0, "muon: weight decay of the embedding tables")
+    head_lr: float = setting(0.004, "muon: AdamW learning rate of the output layer, when untied")
+    head_weight_decay: float = setting(0.0, "muon: weight decay of the output layer")
+    muon_momentum: float = setting(0.95, "muon: momentum once warmed up")
+    muon_momentum_warmup: int = setting(300, "muon: steps to raise momentum from 0.85; 0: none")
+    eval_interval: int = setting(250, "steps between validation losses")
+    eval_steps: int = setting(20, "validation batches averaged per evaluation")
+    sample_interval: int = setting(
+        500, "steps between live samples; 0: a fifth of the run (a short run still shows them)"
+    )
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["\n"], metadata={"help": "prompts the live samples continue"}
+    )
+    sample_tokens: int = setting(200, "tokens each live sample writes")
+    seed: int = setting(1337, "seeds the weights, the data order and the samples")
+    init_from: str = setting(
+        "", "a checkpoint, run folder or hf:PATH to fine-tune from; empty: from scratch"
+    )
     # training-health guards (engine.health): a non-finite loss or gradient norm never updates
-    spike_z: float = 0.0  # also skip a step whose loss or grad norm has this z-score; 0: off
-    max_bad_steps: int = 5  # bad steps in a row before on_unhealthy; 0: never
-    on_unhealthy: str = "rollback"  # rollback (to the last checkpoint, lr x rollback_lr) | stop
-    rollback_lr: float = 0.5  # the factor a rollback multiplies the learning rate by
-    max_rollbacks: int = 3  # then stop
-    check_memory: bool = True  # refuse a run whose memory estimate exceeds the device's
+    spike_z: float = setting(
+        0.0, "also skip a step whose loss or grad norm has this z-score; 0: off"
+    )
+    max_bad_steps: int = setting(5, "bad steps in a row before on_unhealthy acts; 0: never")
+    on_unhealthy: str = setting(
+        "rollback", "rollback (to the last checkpoint, lr x rollback_lr) or stop"
+    )
+    rollback_lr: float = setting(0.5, "the factor a rollback multiplies the learning rate by")
+    max_rollbacks: int = setting(3, "rollbacks before the run stops")
+    check_memory: bool = setting(
+        True, "refuse a run whose memory estimate exceeds the device's memory"
+    )
 
 
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.proj")
@@ -179,32 +239,37 @@ LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.gate", "mlp.up", "mlp.pr
 class LoraConfig:
     """Low-rank adapters on a frozen train.init_from model; rank 0 fine-tunes every weight."""
 
-    rank: int = 0
-    alpha: float = 16.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+    rank: int = setting(0, "LoRA rank on a train.init_from model; 0: fine-tune every weight")
+    alpha: float = setting(16.0, "LoRA scale: the update is multiplied by alpha / rank")
+    dropout: float = setting(0.0, "dropout on the adapters' input")
+    targets: list[str] = field(
+        default_factory=lambda: ["attn.qkv", "attn.proj"],
+        metadata={"help": "layers that get adapters: " + ", ".join(LORA_TARGETS)},
+    )
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 1000
-    keep_last: int = 5
-    keep_best: bool = True
+    interval: int = setting(
+        1000, "steps between checkpoints; 0: a fifth of the run (the last step always saves)"
+    )
+    keep_last: int = setting(5, "newest checkpoints kept; older ones are deleted")
+    keep_best: bool = setting(True, "also keep the checkpoint with the best validation loss")
 
 
 @dataclass
 class LogConfig:
-    interval: int = 10
-    csv: bool = False
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "gpt-studio"
+    interval: int = setting(10, "steps between loss records (the charts' resolution)")
+    csv: bool = setting(False, "also write metrics.csv")
+    tensorboard: bool = setting(False, "also write TensorBoard event files")
+    wandb: bool = setting(False, "also log to Weights & Biases")
+    wandb_project: str = setting("gpt-studio", "the Weights & Biases project")
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    out_dir: str = "runs"
+    name: str = setting("run", "the run's name: its folder under out_dir")
+    out_dir: str = setting("runs", "the folder that holds runs")
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,8 +305,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = {
     "model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
     "model.norm_eps", "train.batch_size", "train.grad_accum", "train.max_steps", "train.lr",
-    "train.eval_interval", "train.eval_steps", "train.sample_interval", "train.sample_tokens",
-    "checkpoint.interval", "checkpoint.keep_last", "log.interval",
+    "train.eval_interval", "train.eval_steps", "train.sample_tokens", "checkpoint.keep_last",
+    "log.interval",
 }  # fmt: skip
 NON_NEGATIVE = {
     "model.n_kv_head", "model.vocab_size", "model.mlp_hidden", "train.min_lr",
@@ -250,7 +315,8 @@ NON_NEGATIVE = {
     "train.spike_z", "train.max_bad_steps", "train.max_rollbacks",
     "model.logit_softcap", "train.matrix_lr", "train.embedding_lr",
     "train.head_lr", "train.matrix_weight_decay", "train.embedding_weight_decay",
-    "train.head_weight_decay", "train.muon_momentum_warmup",
+    "train.head_weight_decay", "train.muon_momentum_warmup", "train.sample_interval",
+    "checkpoint.interval",
 }  # fmt: skip
 FRACTIONS = {
     "model.dropout",
@@ -560,10 +626,59 @@ def _faults(cfg: Config) -> Iterable[tuple[str, Any, str]]:
         yield "data.source", cfg.data.source, "must name a corpus, e.g. 'builtin:prose' or a path"
     if t.min_lr > t.lr > 0:
         yield "train.min_lr", t.min_lr, f"must not exceed train.lr = {t.lr}"
-    if t.warmup_steps > t.max_steps > 0:
-        yield "train.warmup_steps", t.warmup_steps, f"exceeds train.max_steps = {t.max_steps}"
     if not (t.device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(t.device)):
         yield "train.device", t.device, "must be auto, cpu, cuda, cuda:N or mps"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules that scale with the run's length: the engine follows them, the studio shows them
+
+
+AUTO_INTERVAL_PARTS = 5  # an interval of 0: this many samples (or checkpoints) over the run
+WARMUP_CUT = 10  # a warmup longer than the run is cut to this fraction of it (1/10)
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A setting the run uses at another value than the config holds, and why."""
+
+    key: str
+    value: int  # as configured
+    used: int
+    reason: str
+
+
+def warmup_steps(t: TrainConfig) -> int:
+    """The warmup a run uses: as configured, unless longer than the run itself. Refusing such a
+    run would make every short trial of a big preset edit two settings; warming up over the
+    whole run would never reach the peak learning rate, so it is cut to a tenth of the run."""
+    return t.warmup_steps if t.warmup_steps <= t.max_steps else t.max_steps // WARMUP_CUT
+
+
+def auto_interval(interval: int, max_steps: int) -> int:
+    """An interval of 0 is a fifth of the run, so a 300-step run samples (or saves) every 60
+    steps and a 2,500-step one every 500; any other interval is used as it is."""
+    return interval or max(1, -(-max_steps // AUTO_INTERVAL_PARTS))
+
+
+def sample_interval(t: TrainConfig) -> int:
+    return auto_interval(t.sample_interval, t.max_steps)
+
+
+def checkpoint_interval(cfg: Config) -> int:
+    return auto_interval(cfg.checkpoint.interval, cfg.train.max_steps)
+
+
+def adjustments(cfg: Config) -> list[Adjustment]:
+    """Where the run will not use a value as written; the engine announces each one (a typed
+    `Adjusted` event) and the Config pane shows it, both from here."""
+    t, out = cfg.train, []
+    if warmup_steps(t) != t.warmup_steps:
+        out.append(Adjustment(
+            "train.warmup_steps", t.warmup_steps, warmup_steps(t),
+            f"longer than the run (train.max_steps = {t.max_steps}); cut to a tenth of the run",
+        ))  # fmt: skip
+    return out
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -138,6 +138,18 @@ class Resumed(Event):
 
 
 @dataclass
+class Adjusted(Event):
+    """A setting the run uses at another value than its config holds (config.adjustments):
+    said right after `start`, so a console, a log and the studio all show the note."""
+
+    type: ClassVar[str] = "adjusted"
+    key: str  # dotted, e.g. "train.warmup_steps"
+    value: int  # as configured
+    used: int
+    reason: str
+
+
+@dataclass
 class DataReady(Event):
     """`prepare` finished (or found its cached result): the shards a run reads are in `out_dir`."""
 
@@ -147,6 +159,7 @@ class DataReady(Event):
     val_tokens: int
     documents: int
     cached: bool = False
+    vocab_size: int = 0  # the tokenizer's ids, before padding (a char vocabulary: now known)
 
 
 @dataclass
@@ -163,7 +176,7 @@ EVENTS: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
         Start, Step, Eval, Sample, Checkpoint, Done, Error, Log, Progress, Paused, Resumed,
-        DataReady,
+        DataReady, Adjusted,
     )
 }  # fmt: skip
 

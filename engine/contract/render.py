@@ -69,6 +69,8 @@ def event_line(event: p.Event, max_steps: int) -> str | None:
         return f"error: {event.message}"
     if isinstance(event, p.Log):
         return event.message if event.level == "info" else f"{event.level}: {event.message}"
+    if isinstance(event, p.Adjusted):
+        return f"note: {event.key} = {event.value} is {event.reason}: using {event.used}"
     if isinstance(event, p.Paused):
         return f"paused after step {event.step}"
     if isinstance(event, p.Resumed):

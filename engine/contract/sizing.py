@@ -11,7 +11,17 @@ import dataclasses
 import math
 from typing import Any
 
-from engine.contract.config import CHOICES, Config, ModelConfig, TrainConfig, round_up
+from engine.contract.config import (
+    CHOICES,
+    Config,
+    ModelConfig,
+    TrainConfig,
+    adjustments,
+    checkpoint_interval,
+    round_up,
+    sample_interval,
+    warmup_steps,
+)
 from engine.contract.errors import UsageError
 
 VOCAB_MULTIPLE = 64  # embedding rows padded so matmuls hit fast kernel shapes
@@ -45,6 +55,14 @@ def vocab_size(cfg: Config, tokenizer_vocab: int | None = None) -> int:
         else:
             tokenizer_vocab = CHAR_VOCAB_GUESS
     return padded_vocab(tokenizer_vocab)
+
+
+def vocab_key(cfg: Config) -> str:
+    """The settings a prepared tokenizer's vocabulary follows from: the studio keeps the size a
+    prepare reported under this key, and uses it while the config still names that data."""
+    d, t = cfg.data, cfg.tokenizer
+    return "\0".join(map(str, (d.source, d.include, d.text_column, d.format, t.kind, t.name,
+                                t.vocab_size, t.path)))  # fmt: skip
 
 
 def resolve_model(cfg: Config, tokenizer_vocab: int) -> ModelConfig:
@@ -304,4 +322,9 @@ def summary(cfg: Config, tokenizer_vocab: int | None = None) -> dict[str, Any]:
         "tokens_per_step": tokens_per_step,
         "train_tokens": tokens_per_step * cfg.train.max_steps,
         "memory": memory,
+        # what the run does with settings that scale with its length (config's rules)
+        "warmup_steps": warmup_steps(cfg.train),
+        "sample_interval": sample_interval(cfg.train),
+        "checkpoint_interval": checkpoint_interval(cfg),
+        "adjustments": adjustments(cfg),
     }

@@ -51,6 +51,8 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{info['source']}: {info['files']:,} files ({kinds})")
     print(f"  documents  {info['documents']:,}")
     print(f"  bytes      {info['bytes']:,} ({human(info['bytes'], 'B')})")
+    print(f"  text       about {human(info['chars_estimate'])} characters, "
+          f"{human(info['text_bytes_estimate'], 'B')} as UTF-8")  # fmt: skip
     print(f"  tokens     about {human(info['tokens_estimate'])} (cl100k_base on a sample)")
     if info["replaced_in_sample"]:
         print(f"  not UTF-8  {info['replaced_in_sample']:,} bytes in the sample were replaced")

@@ -97,6 +97,7 @@ def _ready(folder: Path, manifest: dict[str, Any], cached: bool) -> p.DataReady:
         val_tokens=s["val"]["tokens"],
         documents=s["train"]["documents"] + s["val"]["documents"],
         cached=cached,
+        vocab_size=int(manifest.get("vocab_size", 0)),
     )
 
 

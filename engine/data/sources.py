@@ -131,6 +131,7 @@ class Piece:
     end: bool  # a document ends after it
     size: int  # bytes it was read from
     messages: list[dict[str, str]] | None = None  # a conversation, from a chat source
+    stored: int = 0  # bytes it took in the file, where that differs from `size` (a JSON line)
 
 
 @dataclass
@@ -544,7 +545,9 @@ def _read_jsonl(unit: Unit) -> Iterator[Piece]:
             raise UsageError(
                 f"{_line(unit, i)}: field {unit.column!r} is a {type(text).__name__}, not text"
             )
-        yield _record(text)
+        piece = _record(text)
+        piece.stored = len(line) + 1  # its key, quotes and escapes (\u00e9) too
+        yield piece
 
 
 def _conversation(record: dict[str, Any], raw: bytes, where: Any) -> Piece:
@@ -618,27 +621,39 @@ def texts(source: Source) -> Iterator[str]:
 def summary(
     source: Source, sample_bytes: int = 1 << 20, preview_chars: int = 400
 ) -> dict[str, Any]:
-    """Documents, bytes, an estimated token count (cl100k_base on a sample) and a preview."""
+    """Documents, bytes, and estimates of the text's characters, UTF-8 bytes and tokens
+    (cl100k_base) from a sample, with a preview.
+
+    `bytes` is what the files hold; a JSON line or a parquet column stores more than its text, and
+    a character of non-ASCII text takes 2 to 4 bytes, so each estimate scales the sample's own
+    count by the file bytes the sample was read from, never by a fixed bytes-per-character.
+    """
     units = source.units
     kinds = Counter(f.kind for f in source.files)
     documents = sum(_count_documents(f) for f in source.files)
     total = sum(u.size for u in units)
     # the sample: the start of up to 16 units spread over the source
     step = max(1, len(units) // 16)
-    sampled_bytes, sample = 0, []
+    stored = text_bytes = chars = 0
+    sample: list[str] = []
     for unit in units[::step]:
         taken = 0
         for piece in read(unit):
+            taken += piece.stored or piece.size
             if piece.text:
                 sample.append(piece.text)
-                taken += len(piece.text.encode("utf-8"))
+                text_bytes += piece.size
+                chars += len(piece.text)
             if taken >= sample_bytes // 16 + 1:
                 break
-        sampled_bytes += taken
-        if sampled_bytes >= sample_bytes:
+        stored += taken
+        if stored >= sample_bytes:
             break
     replaced = take_replaced()
-    tokens = _estimate_tokens(sample, sampled_bytes, total)
+
+    def scaled(count: int) -> int:
+        return round(count / stored * total) if stored else 0
+
     preview = next((t for t in sample if t.strip()), "")[:preview_chars]
     return {
         "source": source.spec,
@@ -646,22 +661,21 @@ def summary(
         "kinds": dict(kinds),
         "documents": documents,
         "bytes": total,
-        "tokens_estimate": tokens,
+        "text_bytes_estimate": scaled(text_bytes),
+        "chars_estimate": scaled(chars),
+        "tokens_estimate": scaled(_count_tokens(sample, text_bytes)),
         "replaced_in_sample": replaced,
         "preview": preview,
     }
 
 
-def _estimate_tokens(sample: list[str], sampled_bytes: int, total: int) -> int:
-    if not sampled_bytes:
-        return 0
+def _count_tokens(sample: list[str], text_bytes: int) -> int:
     try:
         from engine.tokenizer import TiktokenTokenizer
 
-        counted = sum(len(ids) for ids in TiktokenTokenizer("cl100k_base").encode_batch(sample))
+        return sum(len(ids) for ids in TiktokenTokenizer("cl100k_base").encode_batch(sample))
     except UsageError:  # no tiktoken encoding to hand: the usual ~4 bytes per token
-        counted = sampled_bytes // 4
-    return round(counted / sampled_bytes * total)
+        return text_bytes // 4
 
 
 def _count_documents(f: FileRef) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -157,16 +158,24 @@ def write_model(
     eot_id: int | None = None,
 ) -> str:
     """config.json and model.safetensors into `out_dir`; returns the format written."""
+    fmt = layout(cfg)
+    tensors = hf_weights(cfg, weights, vocab_size)
+    config = hf_config(cfg, vocab_size, eot_id)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _save_safetensors(tensors, out_dir / "model.safetensors", like=out_dir / "config.json")
+    return fmt
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, like: Path) -> None:
+    """safetensors writes through a private temporary file (mode 0600); the export is for
+    sharing, so the weights get the mode the folder's other files got from the umask."""
     try:
         from safetensors.torch import save_file
     except ImportError:
         raise UsageError("export needs the safetensors package (pip install safetensors)") from None
-    fmt = layout(cfg)
-    tensors = hf_weights(cfg, weights, vocab_size)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(cfg, vocab_size, eot_id)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return fmt
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    shutil.copymode(like, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,8 +354,6 @@ def export_adapter(source: str | Path, out_dir: str | Path, *, force: bool = Fal
 def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings: dict) -> None:
     """adapter_config.json and adapter_model.safetensors for the model exported by
     engine.export (GPT-2 or Llama layout): loadable with `PeftModel.from_pretrained`."""
-    from safetensors.torch import save_file
-
     fmt = layout(cfg)
     names = {ours.removesuffix(".weight"): theirs for ours, theirs, _ in hf.pairs(fmt, cfg)}
     tensors: dict[str, torch.Tensor] = {}
@@ -366,7 +373,6 @@ def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings:
             tensors[f"{prefix}.lora_B.weight"] = part.detach().float().contiguous().clone()
             modules.add(name.rsplit(".", 1)[-1])
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -380,3 +386,4 @@ def write_peft(out: Path, cfg: Any, adapters: dict[str, torch.Tensor], settings:
         "base_model_name_or_path": str(settings.get("base", "")),
     }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _save_safetensors(tensors, out / "adapter_model.safetensors", like=out / "adapter_config.json")

@@ -40,6 +40,7 @@ from engine.optim import set_step
 from engine.schedule import describe_change
 from engine.tokenizer import Tokenizer, from_spec
 from engine.trainer.control import RunControl
+from engine.trainer.eta import Eta
 from engine.trainer.optim import ModelAndOptimizer
 from engine.trainer.progress import Progress
 from engine.trainer.reporting import Diverged, StepMeter, eval_event, evaluate
@@ -261,7 +262,9 @@ class Trainer:
         tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size * world
         peak = self.runtime.peak_flops * world if self.runtime.peak_flops else None
         self._announce(tokens_per_step)
-        meter = StepMeter(tokens_per_step, self.model.flops_per_token() * tokens_per_step, peak)
+        meter = StepMeter(
+            tokens_per_step, self.model.flops_per_token() * tokens_per_step, peak, self._eta()
+        )
         try:
             with control.signals(at_once=world == 1):
                 while progress.step < t.max_steps and not control.stop:
@@ -301,6 +304,8 @@ class Trainer:
             max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
             resumed_from=self.progress.step,
         ))  # fmt: skip
+        for a in config.adjustments(cfg):  # typed, so no reader matches a line of text
+            self.reporter.emit(p.Adjusted(key=a.key, value=a.value, used=a.used, reason=a.reason))
         if self.runtime.why:
             self.reporter.emit(p.Log(self.runtime.why))
         for note in self.notes:
@@ -315,6 +320,17 @@ class Trainer:
                 f"processes = {t.batch_size * t.grad_accum * world} sequences, {tokens_per_step:,} "
                 f"tokens per step ({self.optim.parallel.kind}, {cfg.model.block_size} tokens each)"
             ))  # fmt: skip
+
+    def _eta(self) -> Eta:
+        """What the ETA counts besides steps: the evaluations, samples and saves still due."""
+        cfg, t = self.cfg, self.cfg.train
+        intervals = {"save": config.checkpoint_interval(cfg)}
+        if self.val_loader is not None:
+            intervals["eval"] = t.eval_interval
+        if t.sample_prompts:
+            intervals["sample"] = config.sample_interval(t)
+        # an evaluation batch is a forward pass of one micro-batch: about a third of its step
+        return Eta(t.max_steps, intervals, {"eval": t.eval_steps / (3 * t.grad_accum)})
 
     def _between_steps(self, meter: StepMeter, lr: float, last: bool) -> None:
         """Log, evaluate, sample and save as their intervals say; then hold if paused.
@@ -335,7 +351,8 @@ class Trainer:
             return
         val_loss = None
         if self.val_loader is not None and (step % t.eval_interval == 0 or last):
-            val_loss = evaluate(self.model, self.val_loader, t.eval_steps, self.runtime)
+            with meter.extra("eval"):
+                val_loss = evaluate(self.model, self.val_loader, t.eval_steps, self.runtime)
             if math.isfinite(val_loss):
                 self.reporter.emit(eval_event(step, val_loss))
             else:
@@ -344,10 +361,14 @@ class Trainer:
                     level="warning",
                 ))  # fmt: skip
                 val_loss = None
-        if (step % t.sample_interval == 0 or last) and t.sample_prompts:
-            self.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + step)
-        if (step % cfg.checkpoint.interval == 0 or last) and not self.save(val_loss) and last:
-            raise Diverged(step, "the weights are not finite")
+        if (step % config.sample_interval(t) == 0 or last) and t.sample_prompts:
+            with meter.extra("sample"):
+                self.sample(t.sample_prompts, t.sample_tokens, seed=t.seed + step)
+        if step % config.checkpoint_interval(cfg) == 0 or last:
+            with meter.extra("save"):
+                saved = self.save(val_loss)
+            if not saved and last:
+                raise Diverged(step, "the weights are not finite")
         if self.control.paused:  # after this step's records, so they show where it paused
             self.hold()
             if self.control.stop and not last:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,6 +14,7 @@ import torch
 from engine import device
 from engine.contract import events as p
 from engine.model import GPT
+from engine.trainer.eta import Eta
 
 
 class Diverged(Exception):
@@ -25,16 +28,22 @@ class Diverged(Exception):
 
 class StepMeter:
     """Sums the loss of the applied steps since the last record, counts the skipped ones, and
-    times them all, leaving out the time spent on evaluation, samples and saves between steps."""
+    times them all, leaving out the time spent on evaluation, samples and saves between steps;
+    `eta` learns from both what the rest of the run will take."""
 
-    def __init__(self, tokens_per_step: int, flops_per_step: float, peak: float | None) -> None:
+    def __init__(
+        self, tokens_per_step: int, flops_per_step: float, peak: float | None,
+        eta: Eta | None = None, clock: Callable[[], float] = time.perf_counter,
+    ) -> None:  # fmt: skip
         self.tokens_per_step = tokens_per_step
         self.flops_per_step = flops_per_step
         self.peak = peak
-        self.started = time.perf_counter()
+        self.eta = eta
+        self.clock = clock
+        self.started = clock()
         self.window_start, self.window_steps = self.started, 0
         self.loss_sum, self.good, self.skipped = 0.0, 0, 0
-        self.extras_start = self.started
+        self.extras_start = self.step_start = self.started
 
     def add(self, loss: float, applied: bool) -> None:
         if applied:
@@ -42,7 +51,17 @@ class StepMeter:
         else:
             self.skipped += 1
         self.window_steps += 1
-        self.extras_start = time.perf_counter()
+        self.extras_start = self.clock()
+        if self.eta is not None:
+            self.eta.step(self.extras_start - self.step_start)
+
+    @contextmanager
+    def extra(self, kind: str) -> Iterator[None]:
+        """Time one piece of work between steps ("eval", "sample", "save") for the ETA."""
+        began = self.clock()
+        yield
+        if self.eta is not None:
+            self.eta.extra(kind, self.clock() - began)
 
     @property
     def has_loss(self) -> bool:
@@ -51,7 +70,8 @@ class StepMeter:
 
     def restart(self) -> None:
         """Forget the window (after a rollback: its steps were undone)."""
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_start, self.window_steps = self.clock(), 0
+        self.step_start = self.window_start
         self.loss_sum, self.good, self.skipped = 0.0, 0, 0
 
     def record(
@@ -66,7 +86,8 @@ class StepMeter:
             step=step, loss=mean_loss, lr=lr, grad_norm=grad_norm,
             tokens_per_s=self.tokens_per_step / step_s, step_ms=1000 * step_s,
             mfu=self.flops_per_step / step_s / self.peak if self.peak else None,
-            mem_gb=runtime.memory_gb(), tokens=tokens, eta_s=(max_steps - step) * step_s,
+            mem_gb=runtime.memory_gb(), tokens=tokens,
+            eta_s=self.eta.remaining(step) if self.eta else (max_steps - step) * step_s,
             skipped=self.skipped,
         )  # fmt: skip
         self.loss_sum, self.good, self.skipped = 0.0, 0, 0
@@ -75,10 +96,11 @@ class StepMeter:
 
     def end_extras(self) -> None:
         """Time since the step ended was not step time."""
-        self.window_start += time.perf_counter() - self.extras_start
+        self.step_start = self.clock()
+        self.window_start += self.step_start - self.extras_start
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from engine.contract.config import (
     ConfigError,
     apply_overrides,
     check,
+    help_for,
     load,
     load_preset,
     preset_description,
@@ -201,6 +202,7 @@ class ConfigPane(Vertical):
                         to_editor(get_value(self._config, key), kind),
                         choices=CHOICES.get(key),
                         placeholder=PLACEHOLDERS.get(kind, ""),
+                        help=help_for(key),
                         id=_row_id(key),
                     )
                     self._rows[key] = row
@@ -233,6 +235,11 @@ class ConfigPane(Vertical):
         """Put the cursor in a field, e.g. the one that blocked a start."""
         if key in self._rows:
             self._rows[key].editor.focus()
+
+    def know_vocab(self, config: Config, vocab_size: int) -> None:
+        """Data for `config` is prepared with `vocab_size` token ids: the figures use it (for
+        as long as the form names the same data and tokenizer) instead of a guess."""
+        self.query_one(ConfigSummary).know_vocab(config, vocab_size)
 
     def on_field_row_changed(self, event: FieldRow.Changed) -> None:
         event.stop()

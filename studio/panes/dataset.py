@@ -31,7 +31,7 @@ from engine.contract.render import event_line, human, progress_line, shown_path
 from engine.contract.sizing import TIKTOKEN_VOCAB
 from studio.jobs import first_error, run_engine
 from studio.link import private_dir
-from studio.messages import ConfigState, ValuesChosen
+from studio.messages import ConfigState, ValuesChosen, VocabKnown
 from studio.widgets.form import FieldRow
 
 BUILTINS = {"prose": "f2", "code": "f3"}
@@ -291,6 +291,7 @@ class DatasetPane(Vertical):
             key, reason = next(iter(self.errors.items()), ("config", "not ready"))
             self.notify(f"{key}: {reason}", title="Cannot prepare", severity="error", markup=False)
             return
+        self.ready = None
         folder = private_dir()
         path = save(self.config, folder / "config.toml")
         bar = self.query_one("#data-progress", ProgressBar)
@@ -329,6 +330,8 @@ class DatasetPane(Vertical):
             self.notify(first_error(exit), title="Prepare failed", severity="error", markup=False)
             return
         bar.update(total=1, progress=1)
+        if self.ready is not None and self.ready.vocab_size:
+            self.post_message(VocabKnown(self.config, self.ready.vocab_size))
         self.notify("The data is prepared; training will use the cached shards.", markup=False)
 
 
@@ -340,11 +343,15 @@ def describe_facts(info: dict, config: Config) -> str:
         f"  files       {info['files']:,} ({kinds})",
         f"  documents   {info['documents']:,}",
         f"  bytes       {info['bytes']:,} ({human(info['bytes'], 'B')})",
+        f"  text        about {human(info['chars_estimate'])} characters, "
+        f"{human(info['text_bytes_estimate'], 'B')} as UTF-8",
         f"  tokens      about {human(info['tokens_estimate'])} with cl100k_base",
     ]
     tok = config.tokenizer
     if tok.kind == "char":
-        lines.append(f"              about {human(info['bytes'])} with char (one per character)")
+        lines.append(
+            f"              about {human(info['chars_estimate'])} with char (one per character)"
+        )
     elif tok.kind == "tiktoken" and tok.name in TIKTOKEN_VOCAB and tok.name != "cl100k_base":
         lines.append(f"              ({tok.name} gives a similar count)")
     if info.get("replaced_in_sample"):

@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from engine.contract.config import Config
 from engine.contract.render import human
-from engine.contract.sizing import summary
+from engine.contract.sizing import summary, vocab_key
 
 MEMORY_PARTS = {
     "params": "weights",
@@ -37,6 +37,13 @@ class ConfigSummary(Vertical):
         super().__init__(id=id)
         self.figures: dict[str, Any] = {}
         """The last `engine.contract.sizing.summary` shown: tests and other panes read numbers here."""
+        self.known_vocab: dict[str, int] = {}
+        """Tokenizer sizes that prepared data reported, by `vocab_key`: used instead of a guess."""
+
+    def know_vocab(self, config: Config, vocab_size: int) -> None:
+        """Prepared data for `config` has this many token ids: show figures from it."""
+        self.known_vocab[vocab_key(config)] = vocab_size
+        self.watch_config(self.config)
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary-problems", markup=False)
@@ -52,7 +59,7 @@ class ConfigSummary(Vertical):
     def watch_config(self, config: Config | None) -> None:
         if config is None:
             return
-        self.figures = summary(config)
+        self.figures = summary(config, self.known_vocab.get(vocab_key(config)))
         text, box = render_figures(self.figures), self.query_one("#summary-figures", Static)
         # same number of lines: skip the screen-wide relayout, which makes typing lag
         box.update(text, layout=text.count("\n") != str(box.content).count("\n"))
@@ -69,12 +76,18 @@ def render_figures(s: dict[str, Any]) -> str:
         ("tokens per step", human(s["tokens_per_step"])),
         ("tokens in the run", human(s["train_tokens"])),
         ("FLOPs per token", human(s["flops_per_token"], "FLOP")),
+        ("warmup", f"{s['warmup_steps']:,} steps" + (" (cut*)" if s["adjustments"] else "")),
+        ("samples every", f"{s['sample_interval']:,} steps"),
+        ("checkpoints every", f"{s['checkpoint_interval']:,} steps"),
         ("", ""),
         ("memory (training)", human(mem["total"], "B")),
         *[(f"  {label}", human(mem[key], "B")) for key, label in MEMORY_PARTS.items()],
     ]
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"{name:<{width}}{value}" if name else "" for name, value in rows]
+    notes = [f"* {a.key} = {a.value:,} is {a.reason}" for a in s["adjustments"]]
     if guess:
-        lines += ["", "* a char vocabulary is known only once the corpus is read"]
+        notes.append("* a char vocabulary is known only once the corpus is read")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
