@@ -84,6 +84,7 @@ class Sample(Event):
     prompt: str
     text: str
     id: str = ""  # the studio's request id when it asked for this sample; "" for live samples
+    error: str = ""  # why the studio's request got no text (a prompt the tokenizer cannot encode)
 
 
 @dataclass

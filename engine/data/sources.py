@@ -649,6 +649,7 @@ def summary(
         "tokens_estimate": tokens,
         "replaced_in_sample": replaced,
         "preview": preview,
+        "chat": source.chat,  # conversations (a loss on answers only), not plain text
     }
 
 

@@ -433,7 +433,6 @@ class Trainer:
                 context = chat_context(
                     self.tokenizer, prompt, room=room, system=system, turns=turns
                 )
-            if chat:
                 settings["stop"] = (END, self.tokenizer.EOT)
             with self.runtime.autocast:
                 text = generate(model, self.tokenizer, context, max_tokens, **settings)
@@ -449,10 +448,17 @@ class Trainer:
                 top_p=request.top_p, seed=None,
             )  # fmt: skip
         except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
-            self.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
+            self._refuse_sample(request, str(err))
         except Exception as err:  # a sample is never worth the run (out of memory, say)
             text = (str(err) or type(err).__name__).splitlines()[0][:300]
-            self.reporter.emit(p.Log(f"sample {request.id}: failed: {text}", level="warning"))
+            self._refuse_sample(request, f"failed: {text}")
+
+    def _refuse_sample(self, request: p.SampleRequest, why: str) -> None:
+        """Say why in the log, and answer the question with the reason, so the asker stops
+        waiting."""
+        self.reporter.emit(p.Log(f"sample {request.id}: {why}", level="warning"))
+        self.reporter.emit(p.Sample(step=self.progress.step, prompt=request.prompt, text="",
+                                    id=request.id, error=why))  # fmt: skip
 
     def close(self) -> None:
         self.reporter.close()

@@ -475,6 +475,8 @@ class TrainPane(Vertical):
         for event in message.events:
             if isinstance(event, p.Start) and self.state is RunState.STARTING:
                 self.state = RunState.TRAINING
+                if event.chat_tuned:  # the Chat pane talks to it through the template
+                    self.post_message(RunChanged(self.run_name, self.run_dir, chat_tuned=True))
             elif isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
                 self.view.show_sample(event)
             elif isinstance(event, p.Sample) and event.id:
