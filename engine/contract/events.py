@@ -303,7 +303,7 @@ def turn_faults(turns: list[Any]) -> list[str]:
             isinstance(turn, dict) and turn.get("role") in TURN_ROLES
             and isinstance(turn.get("content"), str) and len(turn) == 2
         ):  # fmt: skip
-            return [f'turn {n} must be {{"role": "user"|"assistant", "content": text}}']
+            return [f"turn {n} must be {{'role': 'user' or 'assistant', 'content': text}}"]
     total = sum(len(t["content"]) for t in turns)
     if total > MAX_PROMPT_CHARS:
         return [f"turns of {total:,} characters are over {MAX_PROMPT_CHARS:,}"]
