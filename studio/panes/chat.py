@@ -91,7 +91,7 @@ class ChatPane(Vertical):
         self._choices: list[tuple[str, str]] = []
         self.live_chat = False  # the live run is chat-tuned
         self.turns: list[dict[str, str]] = []  # the live chat-tuned conversation so far
-        self._templated_shown: bool | None = None
+        self._auto_remember = False  # `remember` was turned on for a chat-tuned model
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="chat-top"):
@@ -190,13 +190,15 @@ class ChatPane(Vertical):
         self._show_mode()
 
     def _show_mode(self) -> None:
-        """The system prompt field for a chat-tuned model, and `remember` on when one is
-        chosen (a chat model holds a conversation); a base model hides the field."""
+        """The system prompt field and `remember` on for a chat-tuned model (it holds a
+        conversation); a base model hides the field and gets `remember` back as it was."""
         templated = self.templated
         self.query_one("#chat-template-box").display = templated
-        if templated and not self._templated_shown:
-            self.setting("remember").value = True
-        self._templated_shown = templated
+        remember = self.setting("remember")
+        if templated and not remember.value:
+            remember.value, self._auto_remember = True, True
+        elif not templated and self._auto_remember:
+            remember.value, self._auto_remember = False, False
 
     def refresh_models(self) -> None:
         """Offer the live run and every run under out_dir that has a checkpoint."""
@@ -249,7 +251,8 @@ class ChatPane(Vertical):
         self.source = source
         self._fresh = True
         self.turns = []
-        self._templated_shown = None
+        if source != LIVE:
+            self.ready = None  # the model's own `ready` says whether it is chat-tuned
         self.refresh_models()
         self._show_mode()
         if source == LIVE:
