@@ -133,6 +133,7 @@ def start(runtime: Runtime) -> Iterator[Group]:
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     group = Group(runtime, rank, world_size, control)
     try:
+        group.runtime = _agreed_precision(group)
         yield group
     except BaseException as err:
         _record(err)
@@ -141,6 +142,14 @@ def start(runtime: Runtime) -> Iterator[Group]:
             raise UsageError(f"rank {rank} of {world_size}: {err}") from None
         raise
     dist.destroy_process_group(None if owned else control)  # None: every group, WORLD too
+
+
+def _agreed_precision(group: Group) -> Runtime:
+    """Rank 0's precision on every rank: `dtype = "auto"` may time a calibration on each rank
+    alone, and ranks that chose differently would train one model in two precisions."""
+    runtime = group.runtime
+    name, why = group.broadcast((str(runtime.dtype).removeprefix("torch."), runtime.why))
+    return dataclasses.replace(runtime, dtype=getattr(torch, name), why=why)
 
 
 def _local_runtime(runtime: Runtime, local_rank: int, world_size: int) -> Runtime:

@@ -112,3 +112,16 @@ def test_training_auto_on_a_cpu_uses_the_choice_and_says_why(monkeypatch):
     assert runtime.dtype == torch.float32
     # an explicit dtype is obeyed without asking
     assert device.pick("cpu", "bfloat16").why == ""
+
+
+def test_every_rank_trains_in_the_precision_rank_0_chose():
+    """Each rank may calibrate alone and time it differently; rank 0's choice is the one kept."""
+    from engine import distributed
+    from engine.device import Runtime
+
+    mine = Runtime(torch.device("cpu"), torch.float32, "this rank's own timing")
+    group = distributed.Group(mine, rank=1, world_size=2)
+    group.broadcast = lambda value: ("bfloat16", "rank 0's timing")  # what rank 0 sent
+    agreed = distributed._agreed_precision(group)
+    assert (agreed.dtype, agreed.why) == (torch.bfloat16, "rank 0's timing")
+    assert agreed.device == mine.device
