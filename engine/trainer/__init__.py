@@ -141,7 +141,9 @@ class Trainer:
             differ = _model_differences(cfg, model_cfg)
             if differ and restored:
                 raise UsageError(f"the config's model differs from the checkpoint's: {differ}")
-            if differ:  # fine-tuning: the weights bring their shape; say what was not used
+            # fine-tuning: the weights bring their shape; say what was not used, unless the
+            # config asked for no shape at all (presets/sft/chat.toml has no [model])
+            if differ and cfg.model != config.ModelConfig():
                 self.notes.append(
                     f"model shape from {cfg.train.init_from}, not the config: {differ}"
                 )
