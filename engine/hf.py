@@ -210,8 +210,8 @@ def model_config(layout: str, c: dict[str, Any], where: str) -> ModelConfig:
 
     if layout == "gpt2":
         act = c.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            refuse("activation_function", act, "'gelu_new' (GELU, tanh form)")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            refuse("activation_function", act, "'gelu_new' (GELU, tanh form) or 'gelu' (exact)")
         if c.get("scale_attn_by_inverse_layer_idx", False):
             refuse("scale_attn_by_inverse_layer_idx", True, "false")
         if not c.get("scale_attn_weights", True):
@@ -227,7 +227,7 @@ def model_config(layout: str, c: dict[str, Any], where: str) -> ModelConfig:
             pos="learned",
             norm="layernorm",
             norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
-            mlp="gelu",
+            mlp="gelu_exact" if act == "gelu" else "gelu",
             mlp_hidden=c.get("n_inner") or 4 * n_embd,
             tie_embeddings=bool(c.get("tie_word_embeddings", True)),
         )

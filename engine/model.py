@@ -146,6 +146,7 @@ class MLP(nn.Module):
         super().__init__()
         d, h = cfg.n_embd, cfg.hidden_dim
         self.swiglu, self.relu2 = cfg.mlp == "swiglu", cfg.mlp == "relu2"
+        self.gelu_approximate = "none" if cfg.mlp == "gelu_exact" else "tanh"
         if self.swiglu:
             self.gate = nn.Linear(d, h, bias=cfg.bias)
             self.up = nn.Linear(d, h, bias=cfg.bias)
@@ -160,8 +161,9 @@ class MLP(nn.Module):
         elif self.relu2:
             h = F.relu(self.fc(x)).square()  # sparse like ReLU, smooth near zero like GELU
         else:
-            # the tanh form is GPT-2's own ("gelu_new"), so imported weights give equal logits
-            h = F.gelu(self.fc(x), approximate="tanh")
+            # the tanh form is GPT-2's own ("gelu_new"), so imported weights give equal logits;
+            # the exact (erf) form is nanoGPT's, and on a CPU the cheaper of the two
+            h = F.gelu(self.fc(x), approximate=self.gelu_approximate)
         return self.dropout(self.proj(h))
 
 

@@ -261,6 +261,7 @@ def assert_exports_faithfully(tmp_path: Path, cfg: ModelConfig, tokenizer: Token
     [
         (BASE, "gpt2"),
         (dataclasses.replace(BASE, bias=True, tie_embeddings=False, mlp_hidden=48), "gpt2"),
+        (dataclasses.replace(BASE, mlp="gelu_exact"), "gpt2"),
         (dataclasses.replace(LLAMA, n_kv_head=2, tie_embeddings=False, rope_theta=777.0), "llama"),
         (dataclasses.replace(LLAMA, bias=True, norm_eps=1e-6), "llama"),
         (dataclasses.replace(BASE, norm_affine=False, bias=True), "gpt2"),
@@ -271,6 +272,7 @@ def assert_exports_faithfully(tmp_path: Path, cfg: ModelConfig, tokenizer: Token
     ids=[
         "gpt2",
         "gpt2-bias-untied",
+        "gpt2-exact-gelu",
         "llama-gqa-untied",
         "llama-bias-tied",
         "gpt2-gain-free-norms",
@@ -304,7 +306,9 @@ def test_a_tiktoken_tokenizer_exports_so_autotokenizer_gives_the_same_ids(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "cfg", [dataclasses.replace(LLAMA, n_kv_head=1), RECIPE], ids=["llama", "qwen3"]
+    "cfg",
+    [dataclasses.replace(LLAMA, n_kv_head=1), RECIPE, dataclasses.replace(BASE, mlp="gelu_exact")],
+    ids=["llama", "qwen3", "gpt2-exact-gelu"],
 )
 def test_exporting_then_importing_gives_back_the_same_model(tmp_path, bpe, cfg):
     model = save_ours(tmp_path / "ckpt.pt", cfg, bpe)

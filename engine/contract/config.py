@@ -81,7 +81,7 @@ class ModelConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_affine: bool = True  # false: norms without learned gains (parameter-free RMSNorm)
-    mlp: str = "gelu"  # gelu | swiglu | relu2 (relu squared, not gated)
+    mlp: str = "gelu"  # gelu (tanh form, GPT-2) | gelu_exact (erf) | swiglu | relu2 (squared)
     mlp_hidden: int = 0  # 0: 4*n_embd for gelu and relu2, about 8/3*n_embd (x64) for swiglu
     qk_norm: bool = False  # normalise each head's queries and keys before attention (Qwen3)
     logit_softcap: float = 0.0  # > 0: logits squashed smoothly into (-cap, cap); 0: off
@@ -228,7 +228,7 @@ TOP_LEVEL = [f.name for f in fields(Config) if f.name not in SECTIONS]
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos": ("learned", "rope"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu", "relu2"),
+    "model.mlp": ("gelu", "gelu_exact", "swiglu", "relu2"),
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
     "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),

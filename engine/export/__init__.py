@@ -33,6 +33,8 @@ FORMATS = {
     "gpt2": ("GPT-2", {"pos": "learned", "norm": "layernorm", "mlp": "gelu"}),
     "llama": ("Llama", {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu"}),
 }
+# model.mlp -> GPT-2's activation_function: the tanh form ("gelu_new") or the exact erf ("gelu")
+GPT2_ACTIVATIONS = {"gelu": "gelu_new", "gelu_exact": "gelu"}
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -63,6 +65,8 @@ def layout(cfg: ModelConfig) -> str:
     other_name, other_wants = FORMATS[other]
     for key, wanted in wants.items():
         value = getattr(cfg, key)
+        if key == "mlp" and value in GPT2_ACTIVATIONS and wanted == "gelu":
+            continue  # GPT-2's config names its GELU form
         if value != wanted:
             needs = " and ".join(f"model.{k} = {v!r}" for k, v in other_wants.items() if k != key)
             raise UsageError(
@@ -104,7 +108,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, eot_id: int | None) -> dict[str
             "n_embd": cfg.n_embd,
             "n_inner": cfg.hidden_dim,
             "n_positions": cfg.block_size,
-            "activation_function": "gelu_new",
+            "activation_function": GPT2_ACTIVATIONS[cfg.mlp],
             "layer_norm_epsilon": cfg.norm_eps,
             "resid_pdrop": cfg.dropout,
             "embd_pdrop": cfg.dropout,
