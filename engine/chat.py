@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TextIO
 
-from engine.chat_template import END, is_chat, render
+from engine.chat_template import END, is_chat
+from engine.chat_template import context as chat_context
 from engine.contract.errors import UsageError
 from engine.contract.events import (
     ChatEnd,
@@ -50,17 +51,10 @@ class ChatSession:
         self.turns = []
 
     def _context(self, prompt: str, sampling: Sampling) -> str:
-        """The template's text for the conversation plus this prompt, oldest turns dropped
-        until it leaves room for the reply."""
-        asked = [{"role": "user", "content": prompt}]
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        turns = self.turns
-        room = self.model.cfg.block_size - min(sampling.max_tokens, self.model.cfg.block_size // 2)
-        while True:
-            text = render([*system, *turns, *asked], add_generation_prompt=True)
-            if not turns or len(self.tokenizer.encode(text, allow_special=True)) <= room:
-                return text
-            turns = turns[2:]
+        """The conversation plus this prompt, leaving room for the reply."""
+        block = self.model.cfg.block_size
+        room = block - min(sampling.max_tokens, block // 2)
+        return chat_context(self.tokenizer, prompt, room=room, system=self.system, turns=self.turns)
 
     def reply(self, prompt: str, sampling: Sampling, chat: bool = False) -> Iterator[str]:
         """The continuation, piece by piece. In chat mode even a reply cut short (Ctrl-C)

@@ -25,7 +25,9 @@ from typing import Any
 from engine.contract.errors import UsageError
 from engine.tokenizer import END, ROLES, SPECIALS, ChatTokenizer, Tokenizer
 
-__all__ = ["END", "JINJA", "ROLES", "SPECIALS", "ChatTokenizer", "encode_chat", "render"]
+__all__ = [
+    "END", "JINJA", "ROLES", "SPECIALS", "ChatTokenizer", "context", "encode_chat", "render",
+]  # fmt: skip
 
 JINJA = (
     "{% for message in messages %}"
@@ -42,6 +44,27 @@ def render(messages: Sequence[dict[str, str]], add_generation_prompt: bool = Fal
     gives `encode_chat`'s ids when no content spells a tag."""
     text = "".join(f"<|{m['role']}|>{m['content']}{END}" for m in messages)
     return text + ("<|assistant|>" if add_generation_prompt else "")
+
+
+def context(
+    tokenizer: Tokenizer,
+    prompt: str,
+    *,
+    room: int,
+    system: str = "",
+    turns: Sequence[dict[str, str]] = (),
+) -> str:
+    """The template's text for `turns` and then `prompt` as a user turn, ready for the
+    assistant's reply, after the system prompt: the oldest whole exchanges are dropped until it
+    is at most `room` tokens (the context left for the reply), the new prompt never."""
+    asked = [{"role": "user", "content": prompt}]
+    head = [{"role": "system", "content": system}] if system else []
+    kept = list(turns)
+    while True:
+        text = render([*head, *kept, *asked], add_generation_prompt=True)
+        if not kept or len(tokenizer.encode(text, allow_special=True)) <= room:
+            return text
+        kept = kept[2:]
 
 
 def is_chat(tokenizer: Tokenizer) -> bool:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from engine import lora
 from engine.contract.errors import UsageError
 from engine.device import Runtime
 from engine.model import GPT
@@ -283,7 +284,8 @@ class Parallel:
         if not self.group.is_main:
             return None
         copy = GPT(self.model.cfg)
-        copy.load_state_dict(state)
+        scale = lora.scale_in(self.model)  # a LoRA model samples with its adapters merged
+        copy.load_state_dict(state if scale is None else lora.merged(state, scale))
         return copy
 
     def _names(self, optimizer: torch.optim.Optimizer) -> list[list[str]]:

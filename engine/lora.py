@@ -89,5 +89,16 @@ def merge(
     return merged
 
 
+def merged(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A whole adapted model's state dict (base and adapters) as a plain model's."""
+    adapters = adapter_state(state)
+    return merge({k: v for k, v in state.items() if k not in adapters}, adapters, scale)
+
+
+def scale_in(model: nn.Module) -> float | None:
+    """The adapters' alpha / rank in `model`, or None when it has none."""
+    return next((m.scale for m in model.modules() if isinstance(m, LoRALinear)), None)
+
+
 def scale_of(settings: dict[str, Any]) -> float:
     return float(settings["alpha"]) / int(settings["rank"])

@@ -7,7 +7,9 @@ the panes that need them, and handles the command line.
 Data flows down by attributes and up by messages (studio.messages). One config flows through
 it: the Config pane edits it and posts `ConfigChanged`; the App keeps the current one in its
 `config` reactive, which the Dataset, Train, Chat and Runs panes watch. The Dataset pane's
-choices go into the Config pane's form as `ValuesChosen`. Which run trains now is `live_run`.
+choices go into the Config pane's form as `ValuesChosen`. Which run trains now is `live_run`
+(and whether it is chat-tuned, `live_chat`); a fine-tune set up in the Runs pane reaches the
+Config pane as `FineTune`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from studio.messages import (
     ChatWith,
     ConfigChanged,
     ConfigState,
+    FineTune,
     FixConfig,
     ResumeRun,
     RunChanged,
@@ -101,6 +104,8 @@ class StudioApp(App[None]):
     """The Config pane's config and its faults: the one every pane watches."""
     live_run: reactive[str | None] = reactive(None, init=False)
     """The name of the run the Train pane is training now, if any."""
+    live_chat: reactive[bool] = reactive(False, init=False)
+    """Whether that run is chat-tuned (its samples answer as the assistant)."""
 
     def __init__(
         self,
@@ -246,6 +251,7 @@ class StudioApp(App[None]):
 
     def on_run_changed(self, message: RunChanged) -> None:
         self.live_run = message.name
+        self.live_chat = message.chat_tuned
         self.runs_pane.action_refresh()
 
     def on_sample_answered(self, message: SampleAnswered) -> None:
@@ -277,6 +283,18 @@ class StudioApp(App[None]):
     def on_attach_run(self, message: AttachRun) -> None:
         if self.train_pane.attach(message.run_dir):
             self.action_show_pane("train")
+
+    def on_fine_tune(self, message: FineTune) -> None:
+        """A fine-tune set up in the Runs pane: shown in the form, to check and then start."""
+        config = message.config
+        self.config_pane.show_config(config, message.source)
+        self.action_show_pane("config")
+        self.notify(
+            f"{config.name}: fine-tunes {Path(config.train.init_from).name} on "
+            f"{config.data.source}; check the form, then press s in the Train pane (ctrl+t).",
+            title="Fine-tune set up",
+            markup=False,
+        )
 
     def on_chat_with(self, message: ChatWith) -> None:
         self.chat_pane.use(str(message.run_dir))  # first: showing it would pick one

@@ -135,6 +135,7 @@ class RunChanged(Message):
 
     name: str | None
     run_dir: Path | None
+    chat_tuned: bool = False  # known from its `start`: the live model answers as a chat model
 
 
 @dataclass
@@ -170,3 +171,11 @@ class ChatWith(Message):
     """Open the Chat pane on this run's best checkpoint."""
 
     run_dir: Path
+
+
+@dataclass
+class FineTune(Message):
+    """Open the Config pane on this fine-tune of a run (`source` says where it came from)."""
+
+    config: Config
+    source: str

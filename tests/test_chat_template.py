@@ -103,3 +103,20 @@ def test_prompt_completion_pairs_become_a_user_and_an_assistant_turn():
     got = chat_template.messages_of({"prompt": "Q", "completion": "A", "system": "S"}, "x")
     assert [m["role"] for m in got] == ["system", "user", "assistant"]
     assert chat_template.messages_of({"text": "plain"}, "x") is None
+
+
+def test_a_conversation_that_outgrows_the_context_drops_its_oldest_exchanges_whole():
+    tok = with_chat(CharTokenizer.train([TEXT, *(m["content"] for m in CONVERSATION)]))
+    system, turns = CONVERSATION[0]["content"], CONVERSATION[1:]
+    whole = chat_template.context(tok, "ok?", room=10_000, system=system, turns=turns)
+    assert whole == chat_template.render([*CONVERSATION, {"role": "user", "content": "ok?"}], True)
+    # room for all but the first exchange: it goes, the system prompt and the question stay
+    room = len(tok.encode(whole, allow_special=True)) - 1
+    cut = chat_template.context(tok, "ok?", room=room, system=system, turns=turns)
+    assert cut == chat_template.render(
+        [CONVERSATION[0], *CONVERSATION[3:], {"role": "user", "content": "ok?"}], True
+    )
+    # no room at all: the question alone is still asked
+    assert (
+        chat_template.context(tok, "ok?", room=1, turns=turns) == "<|user|>ok?<|end|><|assistant|>"
+    )

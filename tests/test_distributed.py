@@ -1,6 +1,7 @@
 """Training on two processes under torchrun, with gloo on the CPU: the losses of one process with
-the same global batch, checkpoints that resume on one process, FSDP equal to DDP, a failing
-rank that ends the job, and stops, pauses and studio commands that reach every rank."""
+the same global batch, checkpoints that resume on one process, FSDP equal to DDP, LoRA under
+both, a failing rank that ends the job, and stops, pauses and studio commands that reach every
+rank."""
 
 import json
 import os
@@ -168,6 +169,41 @@ def test_a_sharded_muon_checkpoint_resumes_on_one_process(two_muon):
     saved = Path(cfg.out_dir) / "fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
     resumed = train(one_process(cfg, "resumed-fsdp"), resume=str(saved), quiet=True).losses
     assert resumed == pytest.approx(reference[HALF:], abs=1e-4, rel=0)
+
+
+@pytest.fixture(scope="module")
+def two_lora(two, ddp):
+    """LoRA adapters on the DDP run's weights: on one process, and on 2 ranks under DDP and FSDP."""
+    cfg, path, _ = two
+    tuned = config.loads(config.dumps(cfg))
+    tuned.train.init_from = str(Path(cfg.out_dir) / "ddp")
+    tuned.lora = config.LoraConfig(rank=2, alpha=4.0, targets=["attn.qkv", "mlp.fc"])
+    lora_path = config.save(tuned, path.parent / "lora.toml")
+    reference = train(one_process(tuned, "lora-single"), quiet=True).losses
+    run_two(lora_path, "--name=lora-ddp")
+    fsdp = run_two(lora_path, "--name=lora-fsdp", "--train.parallel=fsdp")
+    return tuned, reference, fsdp
+
+
+def test_lora_under_ddp_and_fsdp_trains_only_the_adapters_as_one_process_does(two_lora):
+    cfg, reference, fsdp = two_lora
+    assert losses(cfg, "lora-ddp") == pytest.approx(reference, abs=1e-5, rel=0)
+    assert losses(cfg, "lora-fsdp") == pytest.approx(reference, abs=1e-5, rel=0)
+    assert "sample at step 8" in fsdp  # the adapters merged into the copy gathered for sampling
+    for name in ("lora-ddp", "lora-fsdp"):
+        saved = checkpoint.load(Path(cfg.out_dir) / name / "checkpoints" / f"step_{HALF:08d}.pt")
+        assert sorted(saved["model"]) == sorted(
+            f"blocks.{i}.{t}.lora_{ab}" for i in range(2) for t in ("attn.qkv", "mlp.fc")
+            for ab in "AB"
+        )  # fmt: skip
+        assert len(saved["optimizer"]["adamw"]["state"]) == len(saved["model"])
+
+
+def test_a_sharded_lora_checkpoint_resumes_on_one_process(two_lora):
+    cfg, reference, _ = two_lora
+    saved = Path(cfg.out_dir) / "lora-fsdp" / "checkpoints" / f"step_{HALF:08d}.pt"
+    resumed = train(one_process(cfg, "lora-resumed"), resume=str(saved), quiet=True).losses
+    assert resumed == pytest.approx(reference[HALF:], abs=1e-5, rel=0)
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):

@@ -14,6 +14,7 @@ package and starts instantly; the engine imports the same definitions, so the tw
                   studio commands, and the chat requests and replies of `--serve`
     rundir.py     RunDir: a run folder's layout, "is this a run", checkpoints, best.json,
                   following metrics.jsonl, and the run summaries the studio lists
+    finetune.py   the config that fine-tunes a run to chat, from presets/sft/chat.toml
     runlock.py    one writer per run folder: the flock a training run holds, and who holds it
     render.py     the shared text: numbers, durations, event lines, samples, progress, EOT
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from engine.contract.framing import ProtocolError, dumps_line, loads_line
-from engine.contract.sampling import Sampling
+from engine.contract.sampling import MAX_PROMPT_CHARS, Sampling
 from engine.contract.sampling import faults as sampling_faults
 
 
@@ -50,6 +50,7 @@ class Start(Event):
     tokens_per_step: int
     world_size: int = 1
     resumed_from: int = 0  # the step a resumed run continues after; 0 for a fresh run
+    chat_tuned: bool = False  # its tokenizer has the chat template: samples answer as turns
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Sample(Event):
     prompt: str
     text: str
     id: str = ""  # the studio's request id when it asked for this sample; "" for live samples
+    error: str = ""  # why the studio's request got no text (a prompt the tokenizer cannot encode)
 
 
 @dataclass
@@ -217,9 +219,16 @@ class Save(Command):
     type: ClassVar[str] = "save"
 
 
+TURN_ROLES = ("user", "assistant")  # the roles of a conversation's earlier turns
+
+
 @dataclass
 class SampleRequest(Command):
-    """Answered by a `sample` event with the same id, generated from the live weights."""
+    """Answered by a `sample` event with the same id, generated from the live weights.
+
+    A chat-tuned run answers `prompt` as the user's turn after `system` and the earlier
+    `turns` ({"role": "user"|"assistant", "content": ...}); a base run continues `prompt` and
+    ignores both."""
 
     type: ClassVar[str] = "sample"
     prompt: str
@@ -228,6 +237,8 @@ class SampleRequest(Command):
     top_k: int = Sampling.top_k
     top_p: float = Sampling.top_p
     id: str = ""
+    system: str = ""
+    turns: list[dict[str, str]] = field(default_factory=list)
 
     def sampling(self) -> Sampling:
         """The request's settings, checked against the one set of limits."""
@@ -292,9 +303,24 @@ def from_dict(record: dict[str, Any], kinds: dict[str, type[Message]] | None = N
             message.prompt, max_tokens=message.max_tokens, temperature=message.temperature,
             top_k=message.top_k, top_p=message.top_p,
         )  # fmt: skip
+        found += turn_faults(message.turns)
         if found:
             raise ProtocolError(f"bad 'sample' message: {'; '.join(found)}")
     return message
+
+
+def turn_faults(turns: list[Any]) -> list[str]:
+    """What is wrong with a sample request's earlier turns, one phrase each."""
+    for n, turn in enumerate(turns):
+        if not (
+            isinstance(turn, dict) and turn.get("role") in TURN_ROLES
+            and isinstance(turn.get("content"), str) and len(turn) == 2
+        ):  # fmt: skip
+            return [f"turn {n} must be {{'role': 'user' or 'assistant', 'content': text}}"]
+    total = sum(len(t["content"]) for t in turns)
+    if total > MAX_PROMPT_CHARS:
+        return [f"turns of {total:,} characters are over {MAX_PROMPT_CHARS:,}"]
+    return []
 
 
 def encode(message: Message) -> bytes:

@@ -666,6 +666,7 @@ def summary(
         "tokens_estimate": scaled(_count_tokens(sample, text_bytes)),
         "replaced_in_sample": replaced,
         "preview": preview,
+        "chat": source.chat,  # conversations (a loss on answers only), not plain text
     }
 
 

@@ -18,13 +18,15 @@ checkpoint from them and `Trainer.restore` gives each its own back.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine import checkpoint, data, device, distributed, lora, metrics, precision, remote
-from engine.chat_template import END, is_chat, render
+from engine.chat_template import END, is_chat
+from engine.chat_template import context as chat_context
 from engine.contract import config, sizing
 from engine.contract import events as p
 from engine.contract.config import Config
@@ -140,7 +142,9 @@ class Trainer:
             differ = _model_differences(cfg, model_cfg)
             if differ and restored:
                 raise UsageError(f"the config's model differs from the checkpoint's: {differ}")
-            if differ:  # fine-tuning: the weights bring their shape; say what was not used
+            # fine-tuning: the weights bring their shape; say what was not used, unless the
+            # config asked for no shape at all (presets/sft/chat.toml has no [model])
+            if differ and cfg.model != config.ModelConfig():
                 self.notes.append(
                     f"model shape from {cfg.train.init_from}, not the config: {differ}"
                 )
@@ -302,7 +306,7 @@ class Trainer:
             run=cfg.name, config=config.to_dict(cfg), params=self.model.num_params(),
             device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."),
             max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
-            resumed_from=self.progress.step,
+            resumed_from=self.progress.step, chat_tuned=is_chat(self.tokenizer),
         ))  # fmt: skip
         for a in config.adjustments(cfg):  # typed, so no reader matches a line of text
             self.reporter.emit(p.Adjusted(key=a.key, value=a.value, used=a.used, reason=a.reason))
@@ -427,17 +431,31 @@ class Trainer:
         self.control.paused = False
 
     def sample(
-        self, prompts: list[str], max_tokens: int, request_id: str = "", **settings: Any
+        self,
+        prompts: list[str],
+        max_tokens: int,
+        request_id: str = "",
+        *,
+        system: str = "",
+        turns: Sequence[dict[str, str]] = (),
+        **settings: Any,
     ) -> None:
-        """Rank 0 writes a sample per prompt; under FSDP every rank helps gather the model."""
+        """Rank 0 writes a sample per prompt; under FSDP every rank helps gather the model.
+
+        A chat model is asked as a user (after `system` and the earlier `turns`) and answers
+        as the assistant, up to <|end|>; a base model continues the prompt."""
         model = self.optim.parallel.sampling_model()
         if model is None:
             return
         chat = is_chat(self.tokenizer)
+        block = model.cfg.block_size
+        room = block - min(max_tokens, block // 2)
         for prompt in prompts:
-            # a chat model is asked as a user and answers as the assistant, up to <|end|>
-            context = render([{"role": "user", "content": prompt}], True) if chat else prompt
+            context = prompt
             if chat:
+                context = chat_context(
+                    self.tokenizer, prompt, room=room, system=system, turns=turns
+                )
                 settings["stop"] = (END, self.tokenizer.EOT)
             with self.runtime.autocast:
                 text = generate(model, self.tokenizer, context, max_tokens, **settings)
@@ -448,14 +466,22 @@ class Trainer:
     def _answer_sample(self, request: p.SampleRequest) -> None:
         try:
             self.sample(
-                [request.prompt], request.max_tokens, request.id, temperature=request.temperature,
-                top_k=request.top_k, top_p=request.top_p, seed=None,
+                [request.prompt], request.max_tokens, request.id, system=request.system,
+                turns=request.turns, temperature=request.temperature, top_k=request.top_k,
+                top_p=request.top_p, seed=None,
             )  # fmt: skip
         except UsageError as err:  # a prompt the tokenizer cannot encode: the run goes on
-            self.reporter.emit(p.Log(f"sample {request.id}: {err}", level="warning"))
+            self._refuse_sample(request, str(err))
         except Exception as err:  # a sample is never worth the run (out of memory, say)
             text = (str(err) or type(err).__name__).splitlines()[0][:300]
-            self.reporter.emit(p.Log(f"sample {request.id}: failed: {text}", level="warning"))
+            self._refuse_sample(request, f"failed: {text}")
+
+    def _refuse_sample(self, request: p.SampleRequest, why: str) -> None:
+        """Say why in the log, and answer the question with the reason, so the asker stops
+        waiting."""
+        self.reporter.emit(p.Log(f"sample {request.id}: {why}", level="warning"))
+        self.reporter.emit(p.Sample(step=self.progress.step, prompt=request.prompt, text="",
+                                    id=request.id, error=why))  # fmt: skip
 
     def close(self) -> None:
         self.reporter.close()

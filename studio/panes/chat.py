@@ -6,6 +6,12 @@ few characters at a time. The live model has no server of its own:
 a prompt goes up to the app as `AskLive`, on to the training run as a `sample` command, and its
 answer comes back whole, generated from the live weights between two steps.
 
+A chat-tuned model (the server's `ready` says so, or the live run's `start`) is talked to
+through its chat template: each prompt is a user turn after the system prompt field, the answer
+is the assistant's turn, and with `remember` (on by default for such a model) the earlier turns
+come along. The server keeps its own conversation; for the live model the pane keeps it and
+sends it with each question. A base model continues the text, as before.
+
 Streamed text is not written into the page per piece: pieces collect in the exchange and a
 timer shows them twenty times a second, so a fast model cannot flood the screen with relayouts.
 """
@@ -61,6 +67,7 @@ class Exchange:
     done: bool = False
     widget: Static | None = None
     shown: str = ""  # what the widget last showed
+    templated: bool = False  # asked as a user turn of a chat-tuned model: the answer stands alone
 
 
 class ChatPane(Vertical):
@@ -82,6 +89,9 @@ class ChatPane(Vertical):
         self._ids = itertools.count(1)
         self._fresh = True  # the next request starts a new conversation
         self._choices: list[tuple[str, str]] = []
+        self.live_chat = False  # the live run is chat-tuned
+        self.turns: list[dict[str, str]] = []  # the live chat-tuned conversation so far
+        self._auto_remember = False  # `remember` was turned on for a chat-tuned model
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="chat-top"):
@@ -101,6 +111,17 @@ class ChatPane(Vertical):
                     id="chat-remember-hint",
                     markup=False,
                 )
+                with Vertical(id="chat-template-box"):
+                    yield Label("Chat-tuned model", classes="box-title")
+                    yield FieldRow(
+                        "system", "", placeholder="e.g. Answer briefly.", id="chat-system"
+                    )
+                    yield Static(
+                        "system: the assistant's instructions; changing it starts a new "
+                        "conversation",
+                        id="chat-system-hint",
+                        markup=False,
+                    )
         yield Input(placeholder="Type a prompt and press Enter", id="chat-prompt")
 
     @property
@@ -120,8 +141,15 @@ class ChatPane(Vertical):
         return self.query_one("#chat-prompt", Input)
 
     def setting(self, name: str) -> FieldRow:
-        """The field of a sampling setting (or `remember`)."""
+        """The field of a sampling setting (or `remember`, or `system`)."""
         return self.query_one(f"#chat-{name}", FieldRow)
+
+    @property
+    def templated(self) -> bool:
+        """Whether the chosen model is chat-tuned: prompts are user turns of its template."""
+        if self.source == LIVE:
+            return self.live_chat
+        return self.ready is not None and self.ready.chat_tuned
 
     @property
     def choices(self) -> list[tuple[str, str]]:
@@ -132,7 +160,9 @@ class ChatPane(Vertical):
         self.set_interval(SHOW_S, self._show_growth)
         self.watch(self.app, "config", self._config_changed)
         self.watch(self.app, "live_run", self._live_run_changed, init=False)
+        self.watch(self.app, "live_chat", self._live_chat_changed, init=False)
         self.refresh_models()
+        self._show_mode()
 
     def on_show(self) -> None:
         """Opening the pane with no model chosen picks the likeliest one: the run training
@@ -154,6 +184,21 @@ class ChatPane(Vertical):
         if name is None and self.source == LIVE:
             self.source = ""
             self._info("the live run has ended: pick its checkpoints from the list")
+
+    def _live_chat_changed(self, chat_tuned: bool) -> None:
+        self.live_chat = chat_tuned
+        self._show_mode()
+
+    def _show_mode(self) -> None:
+        """The system prompt field and `remember` on for a chat-tuned model (it holds a
+        conversation); a base model hides the field and gets `remember` back as it was."""
+        templated = self.templated
+        self.query_one("#chat-template-box").display = templated
+        remember = self.setting("remember")
+        if templated and not remember.value:
+            remember.value, self._auto_remember = True, True
+        elif not templated and self._auto_remember:
+            remember.value, self._auto_remember = False, False
 
     def refresh_models(self) -> None:
         """Offer the live run and every run under out_dir that has a checkpoint."""
@@ -205,7 +250,11 @@ class ChatPane(Vertical):
         """Chat with `source`: LIVE, a run folder or a checkpoint file."""
         self.source = source
         self._fresh = True
+        self.turns = []
+        if source != LIVE:
+            self.ready = None  # the model's own `ready` says whether it is chat-tuned
         self.refresh_models()
+        self._show_mode()
         if source == LIVE:
             self._close_server()
             self._info(f"{self.live_run}: the live weights; answers arrive between two steps")
@@ -263,18 +312,30 @@ class ChatPane(Vertical):
             self.notify("Wait for the answer being written first.", severity="warning")
             return False
         ask_id = f"chat-{next(self._ids)}"
+        remember = bool(self.setting("remember").value)
+        templated = self.templated
+        system = str(self.setting("system").value) if templated else ""
         if self.source == LIVE:
-            request = p.SampleRequest(prompt=prompt, id=ask_id, **settings)
-            self._add(Exchange(ask_id, self.live_run or "live", prompt, note="waiting for a step"))
+            if not remember:
+                self.turns = []
+            request = p.SampleRequest(
+                prompt=prompt, id=ask_id, system=system, turns=list(self.turns), **settings
+            )
+            name = self.live_run or "live"
+            self._add(
+                Exchange(ask_id, name, prompt, note="waiting for a step", templated=templated)
+            )
             self.post_message(AskLive(request))
             return True
         if self.server is None or self.ready is None:
             self.notify("The model is still loading; try again in a moment.", severity="warning")
             return False
-        remember = bool(self.setting("remember").value)
-        chat = p.ChatRequest(id=ask_id, prompt=prompt, chat=remember, reset=self._fresh, **settings)
+        chat = p.ChatRequest(
+            id=ask_id, prompt=prompt, chat=remember, reset=self._fresh,
+            system=system if templated and self._fresh else None, **settings,
+        )  # fmt: skip
         self._fresh = False
-        self._add(Exchange(ask_id, Path(self.source).name, prompt))
+        self._add(Exchange(ask_id, Path(self.source).name, prompt, templated=templated))
         self.server.ask(chat)
         return True
 
@@ -294,22 +355,34 @@ class ChatPane(Vertical):
         event.stop()
         if event.row.key in SETTINGS:  # validation as you type
             event.row.error = check_setting(event.row.key, str(event.row.value))[1]
+        elif event.row.key == "system" and not self._fresh:
+            self._fresh, self.turns = True, []
+            self._info("system prompt changed: the next prompt starts a new conversation")
 
     def action_new_chat(self) -> None:
         """Forget the history on screen and the conversation the model remembers."""
         self.history.clear()
         self.history_box.remove_children()
         self._fresh = True
+        self.turns = []
 
     # -- answers ---------------------------------------------------------------------------
 
     def live_answer(self, sample: p.Sample) -> None:
         """The training run's answer to an AskLive."""
         exchange = self._find(sample.id)
-        if exchange is not None:
+        if exchange is not None and sample.error:
+            exchange.note, exchange.done = f"error: {sample.error}", True
+        elif exchange is not None:
             exchange.answer = sample.text
             exchange.note = f"live weights at step {sample.step}"
             exchange.done = True
+            if exchange.templated:  # the turn joins the conversation the next question carries
+                self.turns += [
+                    {"role": "user", "content": exchange.prompt},
+                    {"role": "assistant", "content": sample.text},
+                ]
+                self._fresh = False
 
     def live_refused(self, request_id: str) -> None:
         exchange = self._find(request_id)
@@ -321,9 +394,11 @@ class ChatPane(Vertical):
         reply = message.reply
         if isinstance(reply, p.ChatReady):
             self.ready = reply
+            self._show_mode()
             self._info(
                 f"{Path(reply.checkpoint or self.source).name} · step {reply.step} · "
                 f"{reply.params:,} parameters · context {reply.block_size}"
+                + (" · chat-tuned: prompts are user turns" if reply.chat_tuned else "")
             )
             return
         exchange = self._find(str(getattr(reply, "id", None)))
@@ -374,7 +449,8 @@ class ChatPane(Vertical):
             return
         tail = f"\n  [{exchange.note}]" if exchange.note else ""
         cursor = "" if exchange.done else " ▌"
-        text = f"you › {exchange.prompt}\n{exchange.model} › {exchange.prompt}{exchange.answer}{cursor}{tail}"
+        said = exchange.answer if exchange.templated else exchange.prompt + exchange.answer
+        text = f"you › {exchange.prompt}\n{exchange.model} › {said}{cursor}{tail}"
         if text != exchange.shown:
             exchange.shown = text
             exchange.widget.update(text)

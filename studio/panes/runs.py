@@ -1,5 +1,5 @@
-"""The Runs pane: every run under the config's out_dir; open one to see its curves; resume it
-or chat with it.
+"""The Runs pane: every run under the config's out_dir; open one to see its curves; resume it,
+chat with it, or fine-tune it to chat.
 
 Runs are read from disk (engine.contract.rundir), never from memory, so a run trained headless on this
 machine, or copied from a server, shows the same as one the studio started. An open run is
@@ -9,6 +9,7 @@ its metrics.jsonl does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,12 +19,16 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label
 
+from engine.contract.config import ConfigError
+from engine.contract.finetune import CHAT_DATA_HINT, SFT_NAME, fine_tune_config, preset_data
 from engine.contract.render import shown_path
 from engine.contract.rundir import RunCurves, RunDir, RunInfo, list_runs, read_curves
-from studio.jobs import MetricsFollower
-from studio.messages import AttachRun, ChatWith, ConfigState, ResumeRun, RunEvents
+from studio.jobs import MetricsFollower, first_error, run_engine
+from studio.messages import AttachRun, ChatWith, ConfigState, FineTune, ResumeRun, RunEvents
+from studio.panes.train import free_name, holds_run
 from studio.widgets.charts import RunCharts
 from studio.widgets.compare import CompareView
+from studio.widgets.dialogs import PathDialog
 from studio.widgets.runview import RunView
 
 REFRESH_S = 3.0
@@ -40,6 +45,7 @@ class RunsPane(Vertical):
         Binding("a", "attach", "Attach", tooltip="Watch and command it while it trains"),
         Binding("r", "resume", "Resume", tooltip="Continue training it from its latest checkpoint"),
         Binding("c", "chat", "Chat", tooltip="Talk to its best checkpoint"),
+        Binding("f", "fine_tune", "Fine-tune", tooltip="Teach it to chat: SFT on conversations"),
         Binding("space", "mark", "Mark", tooltip="Mark the run for a comparison, or unmark it"),
         Binding("v", "compare", "Compare", tooltip="Overlay the marked runs' curves; diff configs"),
         Binding("t", "x_axis", "x: step/tokens", tooltip="Compare by step or by tokens seen"),
@@ -155,7 +161,7 @@ class RunsPane(Vertical):
             + (f"{run.best_val:.4f}" if run.best_val is not None else "-")
             + f", {run.state} · "
             + ("a attach · " if run.attachable else "r resume · ")
-            + "c chat"
+            + "c chat · f fine-tune"
         )
         self.follower = MetricsFollower(self, run.path, FOLLOW_S)
         self._follow(self.follower)
@@ -258,3 +264,65 @@ class RunsPane(Vertical):
             self.notify(f"{run.name} has no checkpoint yet.", severity="error", markup=False)
             return
         self.post_message(ChatWith(run.path))
+
+    @work(exclusive=True, group="runs-fine-tune")
+    async def action_fine_tune(self) -> None:
+        """Ask for chat data, then open the Config pane on a fine-tune of the chosen run."""
+        run = self._chosen()
+        if run is None:
+            return
+        if not run.checkpoints:
+            self.notify(
+                f"{run.name} has no checkpoint to fine-tune yet.", severity="error", markup=False
+            )
+            return
+        default = preset_data()  # known to be conversations: no need to look inside
+        data = default
+        while True:
+            answer = await self.app.push_screen_wait(
+                PathDialog(
+                    f"Fine-tune {run.name} to chat on: {CHAT_DATA_HINT}",
+                    data,
+                    action="Fine-tune",
+                    placeholder=default,
+                )
+            )
+            if not answer:
+                return
+            data = answer
+            problem, include = ("", "") if data == default else await check_chat_data(data)
+            if not problem:
+                break
+            self.notify(problem, title="Not chat data", severity="error", markup=False)
+        name = f"{run.name}-chat"
+        if holds_run(run.path.parent / name):
+            name = free_name(run.path.parent, name)
+        try:
+            config = fine_tune_config(run.path, data, name=name, include=include)
+        except ConfigError as err:
+            self.notify(str(err), title="Cannot fine-tune", severity="error", markup=False)
+            return
+        self.post_message(FineTune(config, f"{SFT_NAME} on {run.name}"))
+
+
+async def check_chat_data(source: str) -> tuple[str, str]:
+    """("", include) when the engine finds conversations in `source`, else (one line why, "").
+
+    The engine decides (`python -m engine.data inspect`), by the rule training applies; a
+    folder is looked into for .jsonl files, then for parquet ones."""
+    folder = Path(source).expanduser().is_dir()
+    problem = ""
+    for include in ("*.jsonl", "*.parquet") if folder else ("",):
+        args = ["inspect", source, "--json", *(["--include", include] if include else [])]
+        exit, out = await run_engine("engine.data", *args)
+        if exit.code != 0:
+            problem = problem or first_error(exit)
+            continue
+        try:
+            chat = bool(json.loads(out).get("chat"))
+        except (ValueError, AttributeError):
+            return "the engine's answer about the data was not JSON", ""
+        if chat:
+            return "", include
+        return f"{source} holds plain text, not conversations; give {CHAT_DATA_HINT}", ""
+    return problem, ""

@@ -360,7 +360,10 @@ class TrainPane(Vertical):
         message.stop()
         self.view.add(message.events)
         for event in message.events:
-            if isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
+            if isinstance(event, p.Start) and event.chat_tuned:
+                # the Chat pane talks to it through the template
+                self.post_message(RunChanged(self.run_name, self.run_dir, chat_tuned=True))
+            elif isinstance(event, p.Sample) and event.id.startswith(SAMPLE_NOW):
                 self.view.show_sample(event)
             elif isinstance(event, p.Sample) and event.id:
                 self.post_message(SampleAnswered(event))
