@@ -25,7 +25,7 @@ from engine.contract.render import shown_path
 from engine.contract.rundir import RunCurves, RunDir, RunInfo, list_runs, read_curves
 from studio.jobs import MetricsFollower, first_error, run_engine
 from studio.messages import AttachRun, ChatWith, ConfigState, FineTune, ResumeRun, RunEvents
-from studio.panes.train import free_name, holds_run
+from studio.panes.train.starting import free_name, holds_run
 from studio.widgets.charts import RunCharts
 from studio.widgets.compare import CompareView
 from studio.widgets.dialogs import PathDialog
