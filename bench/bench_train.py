@@ -7,8 +7,9 @@ PATH is a checkout of karpathy/nanoGPT (or a bare git directory of it, which is 
 temporary folder); nothing of nanoGPT lives in this repository. Its README's CPU command trains
 the Shakespeare-char shape (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW, no
 dropout); engine.train trains the same shape, batch and optimizer from bench/shakespeare_char.toml
-on the same text. Both run as the commands a user types, in rounds that alternate which goes
-first, so load from anything else on the machine falls on both alike.
+on the same text, with nanoGPT's exact GELU (SAME_MODEL). Both run as the commands a user types,
+in rounds that alternate which goes first, so load from anything else on the machine falls on
+both alike.
 
 Each side's speed is its median time per optimizer step, steps after the first WARMUP: medians
 leave out the steps that evaluate or save, on both sides. nanoGPT prints every step's time;
@@ -49,6 +50,8 @@ README_CPU_COMMAND = [
     "--lr_decay_iters=2000",
     "--dropout=0.0",
 ]
+# nanoGPT's MLP is the exact (erf) GELU, not GPT-2's tanh form: the same model, op for op
+SAME_MODEL = ["--model.mlp=gelu_exact"]
 # what happens outside the timed steps, cut to nanoGPT's measure: 20 evaluation batches
 UNTIMED = ["--train.eval_steps=20", "--train.sample_tokens=50"]
 ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
@@ -94,7 +97,7 @@ def run_engine(config: Path, overrides: list[str], steps: int, out: Path) -> tup
     that says which precision it chose."""
     cmd = [sys.executable, "-m", "engine.train", str(config), f"--out_dir={out}",
            "--name=bench", f"--train.max_steps={steps}", "--log.interval=10",
-           f"--train.warmup_steps={min(100, steps)}", *UNTIMED, *overrides]  # fmt: skip
+           f"--train.warmup_steps={min(100, steps)}", *UNTIMED, *SAME_MODEL, *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
