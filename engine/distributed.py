@@ -133,7 +133,7 @@ def start(runtime: Runtime) -> Iterator[Group]:
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     group = Group(runtime, rank, world_size, control)
     try:
-        group.runtime = _agreed_precision(group)
+        group.runtime = agreed_precision(group)
         yield group
     except BaseException as err:
         _record(err)
@@ -144,7 +144,7 @@ def start(runtime: Runtime) -> Iterator[Group]:
     dist.destroy_process_group(None if owned else control)  # None: every group, WORLD too
 
 
-def _agreed_precision(group: Group) -> Runtime:
+def agreed_precision(group: Group) -> Runtime:
     """Rank 0's precision on every rank: `dtype = "auto"` may time a calibration on each rank
     alone, and ranks that chose differently would train one model in two precisions."""
     runtime = group.runtime

@@ -122,6 +122,6 @@ def test_every_rank_trains_in_the_precision_rank_0_chose():
     mine = Runtime(torch.device("cpu"), torch.float32, "this rank's own timing")
     group = distributed.Group(mine, rank=1, world_size=2)
     group.broadcast = lambda value: ("bfloat16", "rank 0's timing")  # what rank 0 sent
-    agreed = distributed._agreed_precision(group)
+    agreed = distributed.agreed_precision(group)
     assert (agreed.dtype, agreed.why) == (torch.bfloat16, "rank 0's timing")
     assert agreed.device == mine.device
