@@ -89,7 +89,7 @@ def theirs(hf_model, prompt: torch.Tensor, new_tokens: int) -> list[list[int]]:
     out = hf_model.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
-        max_tokens=new_tokens,
+        max_new_tokens=new_tokens,  # transformers' own name
         min_new_tokens=new_tokens,  # no early end: the same work as ours
         do_sample=False,
         pad_token_id=0,
