@@ -141,6 +141,14 @@ class RunsPane(Vertical):
         path = self._chosen_path()
         return next((r for r in self.runs if r.path == path), None)
 
+    def _chosen_with_checkpoint(self, missing: str) -> RunInfo | None:
+        """The chosen run if it has a checkpoint; else None, after saying it `missing`."""
+        run = self._chosen()
+        if run is not None and not run.checkpoints:
+            self.notify(f"{run.name} has {missing}.", severity="error", markup=False)
+            return None
+        return run
+
     # -- actions ---------------------------------------------------------------------------
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -239,13 +247,8 @@ class RunsPane(Vertical):
         self.post_message(AttachRun(run.path))
 
     def action_resume(self) -> None:
-        run = self._chosen()
+        run = self._chosen_with_checkpoint("no checkpoint to continue from")
         if run is None:
-            return
-        if not run.checkpoints:
-            self.notify(
-                f"{run.name} has no checkpoint to continue from.", severity="error", markup=False
-            )
             return
         writer = RunDir(run.path).writer()  # now, not when the list was read
         if writer is not None:  # resuming would make a second writer of one run
@@ -257,24 +260,16 @@ class RunsPane(Vertical):
         self.post_message(ResumeRun(run.path))
 
     def action_chat(self) -> None:
-        run = self._chosen()
+        run = self._chosen_with_checkpoint("no checkpoint yet")
         if run is None:
-            return
-        if not run.checkpoints:
-            self.notify(f"{run.name} has no checkpoint yet.", severity="error", markup=False)
             return
         self.post_message(ChatWith(run.path))
 
     @work(exclusive=True, group="runs-fine-tune")
     async def action_fine_tune(self) -> None:
         """Ask for chat data, then open the Config pane on a fine-tune of the chosen run."""
-        run = self._chosen()
+        run = self._chosen_with_checkpoint("no checkpoint to fine-tune yet")
         if run is None:
-            return
-        if not run.checkpoints:
-            self.notify(
-                f"{run.name} has no checkpoint to fine-tune yet.", severity="error", markup=False
-            )
             return
         default = preset_data()  # known to be conversations: no need to look inside
         data = default
