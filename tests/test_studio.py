@@ -382,7 +382,10 @@ def test_dataset_choices_flow_into_the_config_and_prepare_shows_progress(tmp_pat
         assert (tmp_path / "cache").is_dir()
         # the char vocabulary is known now: the Config pane stops saying "guess"
         assert data.ready is not None and 10 < data.ready.vocab_size < 200
-        figures = config.query_one(ConfigSummary).figures
+        summary = config.query_one(ConfigSummary)
+        # the vocabulary travels as a message, which may land after the note
+        await until(pilot, lambda: not summary.figures["vocab_is_guess"], "the known vocabulary")
+        figures = summary.figures
         assert figures["vocab_size"] == padded_vocab(data.ready.vocab_size)
         assert not figures["vocab_is_guess"]
         assert "guess" not in str(config.query_one("#summary-figures", Static).content)
