@@ -261,15 +261,16 @@ class DatasetPane(Vertical):
         d = self.config.data
         subject = self._subject()
         self._inspected = subject
-        facts = self.facts_text
+        # widgets taken before the wait: the app may be closing when the answer comes
+        facts, preview, source = self.facts_text, self.preview, self.source_row
         facts.update(f"looking inside {d.source} ...")
-        self.preview.update("")
+        preview.update("")
         args = ["inspect", d.source, "--json", "--include", d.include]
         exit, out = await run_engine("engine.data", *args, "--text-column", d.text_column)
         if exit.code != 0:
             self.facts, self.inspect_error = None, first_error(exit)
             facts.update(f"cannot read it: {self.inspect_error}")
-            self.source_row.error = self.inspect_error
+            source.error = self.inspect_error
             return
         try:
             info = json.loads(out)
@@ -278,9 +279,9 @@ class DatasetPane(Vertical):
             facts.update(self.inspect_error)
             return
         self.facts, self.inspect_error = info, ""
-        self.source_row.error = self.errors.get("data.source", "")
+        source.error = self.errors.get("data.source", "")
         facts.update(describe_facts(info, self.config))
-        self.preview.update(info.get("preview") or "(empty)")
+        preview.update(info.get("preview") or "(empty)")
 
     # -- preparing -------------------------------------------------------------------------
 
