@@ -404,17 +404,43 @@ def greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
     return [int(t) for t in decode(model, [prompt], s)]
 
 
+def cached_step_logits(model: GPT, tokens: list[int], prompt_len: int) -> torch.Tensor:
+    """The logits decoding gives for each token after the prompt, when fed `tokens` one at a
+    time through the KV cache (teacher-forced: every model sees the same prefix)."""
+    cache = model.make_cache(1, max_len=len(tokens))
+    with torch.inference_mode():
+        out = [model(torch.tensor([tokens[:prompt_len]]), cache=cache, last_only=True)[0][0, -1]]
+        for t in tokens[prompt_len:-1]:
+            out.append(model(torch.tensor([[t]]), cache=cache, last_only=True)[0][0, -1])
+    return torch.stack(out).float()
+
+
+# A preference counts as clear when the best logit leads the next by this much; the rounding of
+# bf16 or int8 weights moves this model's logits by under half of it (0.03-0.06 measured)
+CLEAR_MARGIN = 0.1
+
+
 @pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
-def test_smaller_weights_keep_the_greedy_tokens_of_a_decisive_model(fmt):
-    """bf16 and int8 weights round every logit a little: the tokens a model clearly prefers
-    stay the same (the tolerance bench/bench_generate.py measures at GPT-2's size)."""
+def test_smaller_weights_keep_the_tokens_a_model_clearly_prefers(fmt):
+    """bf16 and int8 weights round every logit a little: where the full-precision model clearly
+    prefers a token, the smaller weights pick the same one (bench/bench_generate.py measures
+    how many greedy tokens stay equal at GPT-2's size). Near-ties may go either way, and which
+    way depends on the CPU's kernels, so they are not asserted."""
     reference = build()
     prompt = [int(t) for t in torch.randint(0, LEARNED.vocab_size, (6,))]
+    tokens = prompt + greedy(reference, prompt, LEARNED.block_size - len(prompt))
     small = build()
     dtype, quant = ("auto", fmt) if fmt == "int8" else (fmt, "none")
     assert fmt in generate.for_sampling(small, 1, dtype=dtype, quant=quant)
     assert small.wte.weight.dtype == torch.bfloat16
-    assert greedy(small, prompt, 12) == greedy(reference, prompt, 12)
+    want = cached_step_logits(reference, tokens, len(prompt))
+    got = cached_step_logits(small, tokens, len(prompt))
+    assert ((got - want).norm() / want.norm()).item() < 0.05
+    top2 = want.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > CLEAR_MARGIN
+    assert clear.sum() >= 3  # the assertion below has something to hold
+    assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+    assert torch.equal(want.argmax(-1), torch.tensor(tokens[len(prompt) :]))  # the greedy path
 
 
 def test_dynamic_int8_keeps_logits_close():
