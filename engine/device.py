@@ -36,13 +36,20 @@ PEAK_FLOPS = {
 class Runtime:
     device: torch.device
     dtype: torch.dtype  # the autocast dtype; float32 means no autocast
-    why: str = ""  # how dtype = "auto" chose, for the start of the run's log
+    why: str = ""  # how "auto" chose, for the start of the run's log
+    matmul: str = "highest"  # torch's float32 matmul precision (train.matmul_precision)
 
     @property
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    def compute(self) -> contextlib.AbstractContextManager:
+        """The context every forward pass runs in: autocast, and the attention kernel that
+        suits the matmul precision (engine.precision.compute_context)."""
+        return precision.compute_context(self.device, self.dtype, self.matmul)
+
+    @property
+    def precision(self) -> str:
+        """The precision as the start line names it, e.g. "float32 with bf16 matmuls"."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return precision.describe(dtype, self.matmul, self.device.type)
 
     @property
     def needs_scaler(self) -> bool:
@@ -75,12 +82,16 @@ def auto() -> str:
 
 
 def pick(
-    device: str = "auto", dtype: str = "auto", calibrate: precision.Calibration | None = None
+    device: str = "auto",
+    dtype: str = "auto",
+    calibrate: precision.Calibration | None = None,
+    matmul: str = "auto",
 ) -> Runtime:
-    """Resolve train.device and train.dtype against what this machine has.
+    """Resolve train.device, train.dtype and train.matmul_precision against this machine.
 
     On a CPU, `auto` asks engine.precision, which reads the matrix units and, where they exist,
-    runs `calibrate` (a timing at the model's shapes) to decide.
+    runs `calibrate` (a timing at the model's shapes) to decide. On a GPU, bf16 autocast (fp16
+    where bf16 is missing) with TF32 for the fp32 products that remain.
     """
     if device == "auto":
         device = auto()
@@ -94,22 +105,18 @@ def pick(
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"train.device = {device!r}, but Apple MPS is not available here")
     why = ""
+    if dev.type == "cpu" and "auto" in (dtype, matmul):
+        choice = precision.for_training(precision.cpu_features(), calibrate, dtype, matmul)
+        dtype, matmul = choice.dtype, choice.matmul
+        why = choice.line("training") if choice.reason else ""
     if dtype == "auto":
         if dev.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif dev.type == "cpu":
-            choice = precision.for_training(precision.cpu_features(), calibrate)
-            dtype, why = choice.dtype, choice.line("training")
         else:
             dtype = "float32"
-    return Runtime(dev, getattr(torch, dtype), why)
-
-
-def configure_cuda() -> None:
-    """TF32 for the fp32 matmuls that remain under autocast: same speed-up nanoGPT takes."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if matmul == "auto":
+        matmul = "high" if dev.type == "cuda" else "highest"
+    return Runtime(dev, getattr(torch, dtype), why, matmul)
 
 
 def memory_bytes(where: torch.device) -> int | None:

@@ -148,8 +148,10 @@ def agreed_precision(group: Group) -> Runtime:
     """Rank 0's precision on every rank: `dtype = "auto"` may time a calibration on each rank
     alone, and ranks that chose differently would train one model in two precisions."""
     runtime = group.runtime
-    name, why = group.broadcast((str(runtime.dtype).removeprefix("torch."), runtime.why))
-    return dataclasses.replace(runtime, dtype=getattr(torch, name), why=why)
+    name, matmul, why = group.broadcast(
+        (str(runtime.dtype).removeprefix("torch."), runtime.matmul, runtime.why)
+    )
+    return dataclasses.replace(runtime, dtype=getattr(torch, name), matmul=matmul, why=why)
 
 
 def _local_runtime(runtime: Runtime, local_rank: int, world_size: int) -> Runtime:

@@ -3,9 +3,14 @@
 CPUs differ by two orders of magnitude in bf16: one with AMX tiles or AVX-512 bf16 instructions
 multiplies bf16 matrices several times faster than fp32, while one with AVX2 only emulates bf16
 and is far slower. Even with the units, bf16 autocast can lose on a small model, whose step is
-dominated by per-op costs that the extra casts add to. So `dtype = "auto"` on a CPU reads the
-matrix units first, decides outright where the answer is clear, and otherwise times a short
-calibration at the model's own shapes. Every choice carries the reason the start line shows.
+dominated by per-op costs that the extra casts add to. Between the two lies fp32 with bf16
+matrix products (torch's float32 matmul precision "medium", the CPU's counterpart of a GPU's
+TF32): every tensor stays fp32 and only the products round their inputs to bf16, summing in
+fp32, so a small model gets the units' speed without a single cast of its own.
+
+So `dtype = "auto"` and `matmul_precision = "auto"` on a CPU read the matrix units first, decide
+outright where the answer is clear, and otherwise time a short calibration at the model's own
+shapes. Every choice carries the reason the start line shows.
 
 The decisions are pure functions of `CpuFeatures` and the calibration's timings, so they can be
 tested on a machine of any kind by faking both.
@@ -13,12 +18,15 @@ tested on a machine of any kind by faking both.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from engine.contract.render import precision as describe
 
 # A calibration result counts only when it wins by this much: below it, timing noise on a busy
 # machine decides, and fp32 is the precision that loses nothing.
@@ -76,15 +84,27 @@ def cpu_features(cpuinfo: str | None = None) -> CpuFeatures:
 
 @dataclass(frozen=True)
 class Choice:
-    dtype: str  # "float32" or "bfloat16"
-    reason: str
+    dtype: str  # the autocast dtype: "float32" (none) or "bfloat16"
+    matmul: str = "highest"  # torch's float32 matmul precision: "medium" multiplies in bf16
+    reason: str = ""  # empty when nothing was chosen: the config gave both
+
+    @property
+    def name(self) -> str:
+        return describe(self.dtype, self.matmul)
 
     def line(self, job: str) -> str:
-        return f"precision for {job}: {self.dtype} ({self.reason})"
+        return f"precision for {job}: {self.name} ({self.reason})"
 
 
-# A calibration returns seconds for each precision it timed, e.g. {"float32": .., "bfloat16": ..}
-Calibration = Callable[[], dict[str, float]]
+# The precisions a training calibration may time: (autocast dtype, float32 matmul precision)
+FP32 = ("float32", "highest")
+BF16_MATMULS = ("float32", "medium")
+BF16 = ("bfloat16", "highest")
+Mode = tuple[str, str]
+
+# A calibration returns seconds for each precision it timed. Generation's are keyed by dtype
+# ({"float32": .., "bfloat16": ..}); training's by Mode, given the modes to time.
+Calibration = Callable[..., dict]
 
 
 def _by_timing(timings: dict[str, float], what: str) -> Choice:
@@ -92,22 +112,47 @@ def _by_timing(timings: dict[str, float], what: str) -> Choice:
     ratio = fp32 / bf16
     measured = f"{what}: bf16 {ratio:.2f}x fp32's speed"
     if ratio >= MARGIN:
-        return Choice("bfloat16", measured)
-    return Choice("float32", f"{measured}, under the {MARGIN:g}x that would pay for it")
+        return Choice("bfloat16", reason=measured)
+    return Choice("float32", reason=f"{measured}, under the {MARGIN:g}x that would pay for it")
 
 
-def for_training(features: CpuFeatures, calibrate: Calibration | None = None) -> Choice:
-    """The autocast dtype for training on this CPU.
+def for_training(
+    features: CpuFeatures,
+    calibrate: Calibration | None = None,
+    dtype: str = "auto",
+    matmul: str = "auto",
+) -> Choice:
+    """The autocast dtype and float32 matmul precision for training on this CPU, resolving
+    whichever of the two is "auto" (an explicit one is kept and only the other is chosen).
 
-    Without bf16 units the answer is fp32, no timing needed. With them it depends on the model:
-    a wide model's matmuls dominate and bf16 wins; a small one's step is per-op overhead, which
-    autocast's casts add to. So the calibration decides; without one, fp32 is the safe answer.
+    Without bf16 units the answer is full fp32, no timing needed. With them it depends on the
+    model: a wide model's matmuls dominate and bf16 autocast wins; a small one's step is
+    per-op overhead, which autocast's casts add to, while bf16 matmuls add no casts. So the
+    calibration times the candidates and the fastest is taken if it beats full fp32 by
+    MARGIN; without a calibration, full fp32 is the safe answer.
     """
+    candidates = [
+        m
+        for m in (FP32, BF16_MATMULS, BF16)
+        if dtype in ("auto", m[0]) and matmul in ("auto", m[1])
+    ]
+    if len(candidates) <= 1:  # both given (or float16, which a CPU never picks): nothing to choose
+        dtype, matmul = candidates[0] if candidates else (dtype, matmul)
+        return Choice(dtype, "highest" if matmul == "auto" else matmul)
+    base = candidates[0]  # full fp32 where it is a candidate: the precision that loses nothing
     if features.units == "none":
-        return Choice("float32", "this CPU has no bf16 matrix units, so bf16 would be emulated")
+        return Choice(*base, reason="this CPU has no bf16 matrix units, so bf16 would be emulated")
     if calibrate is None:
-        return Choice("float32", f"{features.units} present but not calibrated for this model")
-    return _by_timing(calibrate(), f"{features.units}, measured on one block's training step")
+        return Choice(*base, reason=f"{features.units} present but not calibrated for this model")
+    timings: dict[Mode, float] = calibrate(candidates)
+    best = min(candidates, key=lambda m: timings[m])
+    speeds = ", ".join(
+        f"{describe(*m)} {timings[base] / timings[m]:.2f}x" for m in candidates if m != base
+    )
+    measured = f"{features.units}, measured on one block's training step: {speeds} {describe(*base)}'s speed"
+    if best != base and timings[base] / timings[best] >= MARGIN:
+        return Choice(*best, reason=measured)
+    return Choice(*base, reason=f"{measured}, under the {MARGIN:g}x that would pay for a change")
 
 
 def for_generation(
@@ -124,21 +169,24 @@ def for_generation(
     """
     if weight_bytes is not None and weight_bytes < CACHE_RESIDENT_BYTES:
         size = f"{weight_bytes / 2**20:.1f} MiB"
-        return Choice("float32", f"weights of {size} stay in cache: decoding is not memory-bound")
+        return Choice(
+            "float32", reason=f"weights of {size} stay in cache: decoding is not memory-bound"
+        )
     if calibrate is not None:
         units = "no bf16 units" if features.units == "none" else features.units
         return _by_timing(calibrate(), f"{units}, measured on this model's decoding steps")
     if features.units != "none":
-        return Choice("bfloat16", f"{features.units}: half the bytes per token to stream")
-    return Choice("float32", "no bf16 matrix units, and not calibrated for this model")
+        return Choice("bfloat16", reason=f"{features.units}: half the bytes per token to stream")
+    return Choice("float32", reason="no bf16 matrix units, and not calibrated for this model")
 
 
 # ---------------------------------------------------------------------------------------------
 # Calibrations: a fraction of a second each, at the model's own shapes
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()  # the first call allocates and picks kernels
+def _best_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):  # the first calls allocate and pick (oneDNN: prepare) kernels
+        fn()
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()
@@ -148,13 +196,14 @@ def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
 
 
 def training_calibration(model_cfg, batch_size: int, max_tokens: int = 4096) -> Calibration:
-    """Times one block's forward and backward at the run's micro-batch, fp32 and bf16 autocast.
+    """Times one block's forward and backward at the run's micro-batch in each given Mode, each
+    in the context a training step would run it (`compute_context`).
 
     One block holds every kind of op a step runs in the proportions the model has; the token
     count is capped so a large model's calibration still takes well under a second per repeat.
     """
 
-    def run() -> dict[str, float]:
+    def run(modes: list[Mode]) -> dict[Mode, float]:
         from engine.model import Block  # the model imports config; keep this module light
 
         torch.manual_seed(0)
@@ -169,9 +218,9 @@ def training_calibration(model_cfg, batch_size: int, max_tokens: int = 4096) -> 
             cos, sin = rope_tables(model_cfg)
             rope = (cos[:T], sin[:T])
 
-        def step(dtype: torch.dtype) -> Callable[[], None]:
+        def step(mode: Mode) -> Callable[[], None]:
             def go() -> None:
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                with compute_context(torch.device("cpu"), getattr(torch, mode[0]), mode[1]):
                     y = block(x, rope)
                 y.float().square().mean().backward()
                 block.zero_grad(set_to_none=True)
@@ -179,12 +228,44 @@ def training_calibration(model_cfg, batch_size: int, max_tokens: int = 4096) -> 
 
             return go
 
-        return {
-            "float32": _best_seconds(step(torch.float32), 3),
-            "bfloat16": _best_seconds(step(torch.bfloat16), 3),
-        }
+        timings = {}
+        for mode in modes:
+            # set once per mode, as a run sets it once: each change makes oneDNN prepare its
+            # kernels again, which a timing that switched per call would count
+            with matmul_precision(mode[1]):
+                timings[mode] = _best_seconds(step(mode), repeats=5, warmup=3)
+        return timings
 
     return run
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """torch's float32 matmul precision set for a while (it is process-wide)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def compute_context(
+    where: torch.device, dtype: torch.dtype, matmul: str
+) -> contextlib.AbstractContextManager:
+    """What a forward pass runs inside: autocast to `dtype` (none for fp32) and, on a CPU with
+    bf16 matmuls, attention by plain matrix products. The CPU's flash-attention kernel splits
+    attention into small blocks and each of their products pays bf16's conversion on its own,
+    which made a Shakespeare-char step 1.9x slower than full fp32; as a few large products the
+    conversion is paid once and the units win."""
+    stack = contextlib.ExitStack()
+    if dtype != torch.float32:
+        stack.enter_context(torch.autocast(where.type, dtype=dtype))
+    if where.type == "cpu" and matmul == "medium":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
 
 
 def generation_calibration(model: torch.nn.Module, rows: int = 1) -> Calibration:

@@ -121,6 +121,24 @@ def test_the_console_lines_of_typed_events_match_the_old_log_text():
     )
 
 
+@pytest.mark.parametrize(
+    "dtype, matmul, device, shown",
+    [
+        ("float32", "highest", "cpu", "(float32)"),
+        ("float32", "medium", "cpu", "(float32 with bf16 matmuls)"),
+        ("bfloat16", "high", "cuda:0", "(bfloat16)"),
+        ("float32", "high", "cuda", "(float32 with tf32 matmuls)"),
+    ],
+)
+def test_the_start_line_names_the_precision_products_are_computed_in(dtype, matmul, device, shown):
+    start = events.Start(run="r", config={}, params=10**6, device=device, dtype=dtype,
+                         max_steps=5, tokens_per_step=64, matmul_precision=matmul)  # fmt: skip
+    assert events.decode(events.encode(start)) == start
+    assert shown in render.event_line(start, 0)
+    older = {k: v for k, v in start.to_dict().items() if k != "matmul_precision"}
+    assert events.from_dict(older).matmul_precision == "highest"  # a record from before it
+
+
 def test_an_adjusted_setting_is_one_note_naming_it_both_values_and_why():
     from engine.contract.config import adjustments, load
 

@@ -20,7 +20,22 @@ flags\t\t: fpu sse avx2 fma
 
 
 def timings(fp32: float, bf16: float):
+    """A generation calibration's answer."""
     return lambda: {"float32": fp32, "bfloat16": bf16}
+
+
+def training_timings(fp32: float, bf16: float, bf16_matmuls: float = float("inf"), asked=None):
+    """A training calibration's answer; `asked` collects the precisions it was asked to time."""
+    seconds = {
+        precision.FP32: fp32, precision.BF16: bf16, precision.BF16_MATMULS: bf16_matmuls
+    }  # fmt: skip
+
+    def calibrate(modes):
+        if asked is not None:
+            asked.extend(modes)
+        return {m: seconds[m] for m in modes}
+
+    return calibrate
 
 
 def test_cpuinfo_flags_name_the_matrix_units(monkeypatch):
@@ -51,20 +66,43 @@ def test_training_without_bf16_units_is_fp32_without_timing_anything():
 def test_training_with_units_follows_the_calibration(cpuinfo):
     features = precision.cpu_features(cpuinfo)
     # a wide model: bf16 matmuls win by far
-    wide = precision.for_training(features, timings(fp32=1.0, bf16=0.2))
-    assert wide.dtype == "bfloat16"
-    assert "5.00x" in wide.reason
-    # a small model: the casts cost more than the units save (the Shakespeare-char case)
-    small = precision.for_training(features, timings(fp32=0.09, bf16=0.68))
-    assert small.dtype == "float32"
+    wide = precision.for_training(features, training_timings(fp32=1.0, bf16=0.2, bf16_matmuls=0.4))
+    assert (wide.dtype, wide.matmul) == ("bfloat16", "highest")
+    assert "bfloat16 5.00x" in wide.reason and "float32 with bf16 matmuls 2.50x" in wide.reason
+    # a small model: autocast's casts cost more than the units save, while bf16 products inside
+    # fp32 tensors add no cast (the Shakespeare-char case on a Xeon with AMX)
+    small = precision.for_training(
+        features, training_timings(fp32=0.09, bf16=0.68, bf16_matmuls=0.06)
+    )
+    assert (small.dtype, small.matmul) == ("float32", "medium")
+    assert small.line("training").startswith("precision for training: float32 with bf16 matmuls")
     # a win inside the noise margin is not worth bf16's rounding
-    close = precision.for_training(features, timings(fp32=1.0, bf16=0.95))
-    assert close.dtype == "float32"
+    close = precision.for_training(
+        features, training_timings(fp32=1.0, bf16=0.95, bf16_matmuls=0.92)
+    )
+    assert (close.dtype, close.matmul) == ("float32", "highest")
+    assert "under the 1.15x" in close.reason
+
+
+def test_an_explicit_half_is_kept_and_only_the_other_is_chosen():
+    features = precision.CpuFeatures(amx_bf16=True)
+    asked = []
+    fp32 = precision.for_training(features, training_timings(1.0, 0.2, 0.5, asked), dtype="float32")
+    assert (fp32.dtype, fp32.matmul) == ("float32", "medium")  # bf16 autocast was not asked
+    assert set(asked) == {precision.FP32, precision.BF16_MATMULS}
+
+    def never(modes):
+        raise AssertionError("both given: nothing to time")
+
+    exact = precision.for_training(features, never, dtype="float32", matmul="highest")
+    assert (exact.dtype, exact.matmul, exact.reason) == ("float32", "highest", "")
+    bf16 = precision.for_training(features, never, dtype="bfloat16")
+    assert (bf16.dtype, bf16.matmul, bf16.reason) == ("bfloat16", "highest", "")
 
 
 def test_training_with_units_but_no_calibration_stays_fp32():
-    features = precision.CpuFeatures(amx_bf16=True)
-    assert precision.for_training(features).dtype == "float32"
+    choice = precision.for_training(precision.CpuFeatures(amx_bf16=True))
+    assert (choice.dtype, choice.matmul) == ("float32", "highest")
 
 
 def test_generation_takes_bf16_outright_with_units_and_measures_without():
@@ -93,9 +131,12 @@ def test_generation_with_weights_that_fit_in_cache_is_fp32_without_timing():
 
 def test_calibrations_time_both_precisions_at_the_models_shapes():
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32)
-    measured = precision.training_calibration(cfg, batch_size=2)()
-    assert set(measured) == {"float32", "bfloat16"}
+    modes = [precision.FP32, precision.BF16_MATMULS, precision.BF16]
+    before = torch.get_float32_matmul_precision()
+    measured = precision.training_calibration(cfg, batch_size=2)(modes)
+    assert set(measured) == set(modes)
     assert all(seconds > 0 for seconds in measured.values())
+    assert torch.get_float32_matmul_precision() == before  # the process's setting put back
     from engine.model import GPT
 
     torch.manual_seed(0)
@@ -105,13 +146,62 @@ def test_calibrations_time_both_precisions_at_the_models_shapes():
 
 def test_training_auto_on_a_cpu_uses_the_choice_and_says_why(monkeypatch):
     monkeypatch.setattr(precision, "cpu_features", lambda: precision.CpuFeatures(amx_bf16=True))
-    runtime = device.pick("cpu", "auto", timings(fp32=1.0, bf16=0.25))
+    runtime = device.pick("cpu", "auto", training_timings(fp32=1.0, bf16=0.25))
     assert runtime.dtype == torch.bfloat16
     assert runtime.why.startswith("precision for training: bfloat16 (amx")
-    runtime = device.pick("cpu", "auto", timings(fp32=0.1, bf16=0.7))
-    assert runtime.dtype == torch.float32
-    # an explicit dtype is obeyed without asking
+    runtime = device.pick("cpu", "auto", training_timings(fp32=0.1, bf16=0.7, bf16_matmuls=0.06))
+    assert (runtime.dtype, runtime.matmul) == (torch.float32, "medium")
+    assert runtime.precision == "float32 with bf16 matmuls"
+    # explicit settings are obeyed without asking
     assert device.pick("cpu", "bfloat16").why == ""
+    exact = device.pick("cpu", "float32", matmul="highest")
+    assert (exact.dtype, exact.matmul, exact.why) == (torch.float32, "highest", "")
+
+
+def test_a_cpu_without_units_trains_in_full_fp32_and_a_gpu_takes_tf32(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_features", lambda: precision.CpuFeatures())
+    plain = device.pick("cpu", "auto", training_timings(1.0, 0.1, 0.1))
+    assert (plain.dtype, plain.matmul) == (torch.float32, "highest")
+    assert "no bf16 matrix units" in plain.why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    gpu = device.pick("cuda", "auto")
+    assert (gpu.dtype, gpu.matmul) == (torch.bfloat16, "high")
+
+
+def kernels(fn) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_bf16_matmuls_keep_fp32_tensors_close_to_exact_and_attention_in_plain_products():
+    """The precision the trainer may pick: every tensor stays fp32, the products round their
+    inputs to bf16 (an error near bf16's 2^-8), and attention runs as plain products, which the
+    CPU's flash kernel would otherwise slice into many small blocks converted one by one."""
+    from engine.model import GPT
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x = torch.randint(0, 64, (2, 16))
+    with precision.matmul_precision("highest"):
+        exact = model(x, x)[1]
+    fast = {}
+
+    def forward(matmul: str):
+        runtime = device.Runtime(torch.device("cpu"), torch.float32, matmul=matmul)
+        with precision.matmul_precision(matmul), runtime.compute:
+            fast[matmul] = model(x, x)[1]
+
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert flash in kernels(lambda: forward("highest"))
+    assert flash not in kernels(lambda: forward("medium"))
+    assert fast["medium"].dtype == torch.float32
+    assert abs(fast["medium"].item() - exact.item()) / exact.item() < 0.02
+    assert fast["highest"].item() == exact.item()
 
 
 def test_every_rank_trains_in_the_precision_rank_0_chose():
@@ -121,7 +211,7 @@ def test_every_rank_trains_in_the_precision_rank_0_chose():
 
     mine = Runtime(torch.device("cpu"), torch.float32, "this rank's own timing")
     group = distributed.Group(mine, rank=1, world_size=2)
-    group.broadcast = lambda value: ("bfloat16", "rank 0's timing")  # what rank 0 sent
+    group.broadcast = lambda value: ("float32", "medium", "rank 0's timing")  # what rank 0 sent
     agreed = distributed.agreed_precision(group)
-    assert (agreed.dtype, agreed.why) == (torch.bfloat16, "rank 0's timing")
+    assert (agreed.dtype, agreed.matmul, agreed.why) == (torch.float32, "medium", "rank 0's timing")
     assert agreed.device == mine.device

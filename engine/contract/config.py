@@ -171,6 +171,10 @@ class TrainConfig:
     dtype: str = setting(
         "auto", "auto, float32, bfloat16 or float16; auto picks bf16 where it is fast"
     )
+    matmul_precision: str = setting(
+        "auto",
+        "fp32 products: highest (exact), high (GPU TF32), medium (bf16 inputs); auto: measured",
+    )
     compile: bool = setting(False, "torch.compile the model: faster steps after a slow start")
     parallel: str = setting(
         "ddp", "under several processes: ddp (a full copy each) or fsdp (sharded)"
@@ -297,6 +301,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tokenizer.kind": ("char", "bpe", "tiktoken"),
     "data.format": ("auto", "text", "chat"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.matmul_precision": ("auto", "highest", "high", "medium"),
     "train.lr_schedule": ("cosine", "linear", "constant", "wsd"),
     "train.optimizer": ("adamw", "muon"),
     "train.parallel": ("ddp", "fsdp"),

@@ -51,6 +51,7 @@ class Start(Event):
     world_size: int = 1
     resumed_from: int = 0  # the step a resumed run continues after; 0 for a fresh run
     chat_tuned: bool = False  # its tokenizer has the chat template: samples answer as turns
+    matmul_precision: str = "highest"  # torch's float32 matmul precision: medium is bf16 inputs
 
 
 @dataclass

@@ -60,7 +60,8 @@ def event_line(event: p.Event, max_steps: int) -> str | None:
         resumed = f", resuming after step {event.resumed_from}" if event.resumed_from else ""
         return (
             f"run {event.run}: {event.params / 1e6:.2f}M parameters on {event.device} "
-            f"({event.dtype}), {event.tokens_per_step} tokens per step x {event.max_steps} "
+            f"({precision(event.dtype, event.matmul_precision, event.device)}), "
+            f"{event.tokens_per_step} tokens per step x {event.max_steps} "
             f"steps, world size {event.world_size}{resumed}"
         )
     if isinstance(event, p.Done):
@@ -137,3 +138,13 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
     except ValueError:
         return str(path)
+
+
+def precision(dtype: str, matmul: str = "highest", device: str = "cpu") -> str:
+    """How a run's precision reads to a user: its autocast dtype, and what fp32 products do
+    where that is not plain fp32 ("float32 with bf16 matmuls")."""
+    if dtype == "float32" and matmul == "medium":
+        return "float32 with bf16 matmuls"
+    if dtype == "float32" and matmul == "high" and device.startswith("cuda"):
+        return "float32 with tf32 matmuls"
+    return dtype

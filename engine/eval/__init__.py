@@ -81,7 +81,7 @@ def evaluate(
             batch[j, : len(r)] = r
         batch = batch.to(runtime.device)
         x, y = batch[:, :-1].clamp(min=0), batch[:, 1:]
-        with runtime.autocast:
+        with runtime.compute:
             logits, _ = model(x)
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none"

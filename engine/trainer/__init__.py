@@ -24,7 +24,17 @@ from typing import Any
 
 import torch
 
-from engine import checkpoint, data, device, distributed, lora, metrics, precision, remote
+from engine import (
+    allocator,
+    checkpoint,
+    data,
+    device,
+    distributed,
+    lora,
+    metrics,
+    precision,
+    remote,
+)
 from engine.chat_template import END, is_chat
 from engine.chat_template import context as chat_context
 from engine.contract import config, sizing
@@ -69,9 +79,12 @@ def train(
     `branch` makes `resume` (a checkpoint of another run) the start of a new run folder.
     """
     metrics.check_optional_sinks(cfg)  # a missing package fails now, not after preparing data
+    allocator.keep_freed_memory()  # before the calibration, which times steps as a run has them
     calibrate = precision.training_calibration(cfg.model, cfg.train.batch_size)
-    runtime = device.pick(cfg.train.device, cfg.train.dtype, calibrate)
-    with distributed.start(runtime) as group:
+    t = cfg.train
+    runtime = device.pick(t.device, t.dtype, calibrate, t.matmul_precision)
+    # the matmul precision is process-wide: set for the run, and put back for whoever called
+    with distributed.start(runtime) as group, precision.matmul_precision(group.runtime.matmul):
         main = group.is_main  # only rank 0 talks to the studio and the console
         link = remote.connect(report_to) if report_to and main else None
         if console is None and not quiet and main:
@@ -116,7 +129,6 @@ class Trainer:
         if (resume is None or branch) and group.is_main:
             _refuse_to_overwrite(run_dir)
         runtime = group.runtime
-        device.configure_cuda()
         seed_everything(cfg.train.seed)
 
         self.notes: list[str] = []  # warnings from building, said after the start event
@@ -305,6 +317,7 @@ class Trainer:
         self.reporter.emit(p.Start(
             run=cfg.name, config=config.to_dict(cfg), params=self.model.num_params(),
             device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."),
+            matmul_precision=self.runtime.matmul,
             max_steps=t.max_steps, tokens_per_step=tokens_per_step, world_size=world,
             resumed_from=self.progress.step, chat_tuned=is_chat(self.tokenizer),
         ))  # fmt: skip
@@ -457,7 +470,7 @@ class Trainer:
                     self.tokenizer, prompt, room=room, system=system, turns=turns
                 )
                 settings["stop"] = (END, self.tokenizer.EOT)
-            with self.runtime.autocast:
+            with self.runtime.compute:
                 text = generate(model, self.tokenizer, context, max_tokens, **settings)
             self.reporter.emit(
                 p.Sample(step=self.progress.step, prompt=prompt, text=text, id=request_id)

@@ -51,7 +51,7 @@ class ModelAndOptimizer:
         for micro in range(grad_accum):
             x, y = loader.next()
             with self.parallel.gradient_sync(last=micro == grad_accum - 1):
-                with self.runtime.autocast:
+                with self.runtime.compute:
                     _, loss = self.step_fn(x, y)
                 self.scaler.scale(loss / grad_accum).backward()
             loss_sum += loss.detach() / grad_accum

@@ -111,7 +111,7 @@ def evaluate(model: GPT, loader: Any, steps: int, runtime: device.Runtime) -> fl
     total = 0.0
     for _ in range(steps):
         x, y = loader.next()
-        with runtime.autocast:
+        with runtime.compute:
             _, loss = model(x, y)
         total += loss.item()
     model.train()
