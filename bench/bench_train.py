@@ -11,6 +11,11 @@ on the same text, with nanoGPT's exact GELU (SAME_MODEL). Both run as the comman
 in rounds that alternate which goes first, so load from anything else on the machine falls on
 both alike.
 
+engine.train runs as a user's command would, with train.dtype and train.matmul_precision left at
+auto: on a CPU with bf16 units it may pick fp32 with bf16 matrix products (engine.precision; the
+line it printed is shown). nanoGPT's CPU command computes in full fp32, so a second engine row,
+"full fp32", times engine.train held to exactly that (dtype float32, matmul precision highest).
+
 Each side's speed is its median time per optimizer step, steps after the first WARMUP: medians
 leave out the steps that evaluate or save, on both sides. nanoGPT prints every step's time;
 engine.train's metrics.jsonl gives the mean step time of each 10-step window. Reported:
@@ -31,6 +36,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's engine
+
+from engine.contract.config import load as load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 20  # steps left out of both timings: the allocator, kernels and compilation warm up
@@ -54,6 +63,8 @@ README_CPU_COMMAND = [
 SAME_MODEL = ["--model.mlp=gelu_exact"]
 # what happens outside the timed steps, cut to nanoGPT's measure: 20 evaluation batches
 UNTIMED = ["--train.eval_steps=20", "--train.sample_tokens=50"]
+# nanoGPT's precision on a CPU, for the like-for-like row
+FULL_FP32 = ["--train.dtype=float32", "--train.matmul_precision=highest"]
 ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
 
@@ -92,12 +103,15 @@ def run_nanogpt(repo: Path, steps: int, out: Path) -> float:
     return statistics.median(times)
 
 
-def run_engine(config: Path, overrides: list[str], steps: int, out: Path) -> tuple[float, str]:
+def run_engine(
+    config: Path, overrides: list[str], steps: int, out: Path, same_model: bool = True
+) -> tuple[float, str]:
     """Median ms per step of `python -m engine.train`, from its metrics.jsonl; and the log line
     that says which precision it chose."""
     cmd = [sys.executable, "-m", "engine.train", str(config), f"--out_dir={out}",
            "--name=bench", f"--train.max_steps={steps}", "--log.interval=10",
-           f"--train.warmup_steps={min(100, steps)}", *UNTIMED, *SAME_MODEL, *overrides]  # fmt: skip
+           f"--train.warmup_steps={min(100, steps)}", *UNTIMED,
+           *(SAME_MODEL if same_model else []), *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -121,9 +135,9 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"--data {args.data}: no such file")
-    config = ROOT / "bench/shakespeare_char.toml"
+    config = shape = ROOT / "bench/shakespeare_char.toml"
     data = [f"--data.source={args.data.resolve()}"]
-    engines = {"engine.train": data}
+    engines = {"engine.train": data, "full fp32": data + FULL_FP32}
     for v in args.variant:
         name, _, overrides = v.partition("=")
         engines[name] = data + [o for o in overrides.split(",") if o]
@@ -134,14 +148,19 @@ def main() -> None:
         said: list[str] = []
 
         def engine(out: Path, overrides: list[str], config: Path = config) -> float:
-            ms, line = run_engine(config, overrides, args.steps, out)
+            ms, line = run_engine(config, overrides, args.steps, out, same_model=config == shape)
             said.append(line)
             return ms
 
         runs = {name: (lambda o, ov=ov: engine(o, ov)) for name, ov in engines.items()}
         runs["nanoGPT"] = lambda o: run_nanogpt(repo, args.steps, o)
+        tiny_tokens = 0
         if args.tiny:
             tiny = ROOT / "presets/tiny.toml"
+            preset = load_config(tiny)
+            tiny_tokens = (
+                preset.train.batch_size * preset.train.grad_accum * preset.model.block_size
+            )
             runs["tiny preset"] = lambda o: engine(o, [], tiny)
         ms: dict[str, list[float]] = {name: [] for name in runs}
         names = list(runs)
@@ -151,14 +170,15 @@ def main() -> None:
                 ms[name].append(runs[name](tmp / f"{name}-{r}".replace(" ", "_")))
             print(f"round {r + 1}: " + ", ".join(f"{n} {ms[n][-1]:.1f} ms" for n in names),
                   flush=True)  # fmt: skip
-    print(said[0] or "engine.train did not say which precision it chose")
+    chosen = [line for line in said if line]  # from the runs left at auto
+    print(chosen[0] if chosen else "engine.train did not say which precision it chose")
     ref = statistics.median(ms["nanoGPT"])
     print(f"\nmedian over {args.rounds} rounds, {args.steps} steps each (first {WARMUP} left out):")
     for name in names:
         m = statistics.median(ms[name])
-        tokens = BATCH * CONTEXT if name != "tiny preset" else None
-        rate = f"{tokens / m * 1e3:9,.0f} tok/s" if tokens else f"{m:7.1f} ms/step"
-        ratio = f"  {ref / m:.2f}x nanoGPT" if tokens else ""
+        tokens = BATCH * CONTEXT if name != "tiny preset" else tiny_tokens
+        rate = f"{tokens / m * 1e3:9,.0f} tok/s"
+        ratio = f"  {ref / m:.2f}x nanoGPT" if name != "tiny preset" else ""
         print(f"  {name:16s} {m:7.1f} ms/step {rate}{ratio}")
 
 

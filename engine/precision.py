@@ -184,9 +184,8 @@ def for_generation(
 # Calibrations: a fraction of a second each, at the model's own shapes
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):  # the first calls allocate and pick (oneDNN: prepare) kernels
-        fn()
+def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()  # the first call allocates and picks kernels
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()
@@ -228,13 +227,24 @@ def training_calibration(model_cfg, batch_size: int, max_tokens: int = 4096) -> 
 
             return go
 
-        timings = {}
-        for mode in modes:
-            # set once per mode, as a run sets it once: each change makes oneDNN prepare its
-            # kernels again, which a timing that switched per call would count
+        steps = {mode: step(mode) for mode in modes}
+
+        def timed(mode: Mode) -> float:
             with matmul_precision(mode[1]):
-                timings[mode] = _best_seconds(step(mode), repeats=5, warmup=3)
-        return timings
+                began = time.perf_counter()
+                steps[mode]()
+                return time.perf_counter() - began
+
+        for mode in modes:  # the first calls allocate and have oneDNN prepare its kernels
+            timed(mode)
+            timed(mode)
+        # rounds that take each mode in turn, so a machine getting busier or quieter falls on
+        # all of them alike; the best of each counts
+        best = dict.fromkeys(modes, float("inf"))
+        for _ in range(5):
+            for mode in modes:
+                best[mode] = min(best[mode], timed(mode))
+        return best
 
     return run
 
