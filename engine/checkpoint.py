@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "use an earlier checkpoint of the run"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # garbage can look like an odd pickle protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         text = str(err) or type(err).__name__
         if "Unsupported global" in text or "GLOBAL" in text:
@@ -138,7 +141,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 f"{path}: holds pickled Python objects, and loading it could run code; "
                 "refusing. Only checkpoints of plain tensors and values are loaded."
             ) from None
-        reason = "unsupported pickle data" if "Weights only load failed" in text else text
+        with path.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format: the zip's own fault helps
+        # otherwise the unpickler's complaint depends on which bytes it met ("pop from empty
+        # list"), which tells a user nothing
+        unpickling = not zipped or "Weights only load failed" in text
+        reason = "unsupported pickle data" if unpickling else text
         raise UsageError(
             f"{path}: not a readable checkpoint ({reason.splitlines()[0]}); "
             "give a .pt file written by engine.train"

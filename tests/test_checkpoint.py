@@ -87,3 +87,23 @@ def test_bad_checkpoint_files_get_one_clear_error(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(UsageError, match=message):
         checkpoint.load(path)
+
+
+def test_any_garbage_gets_the_same_reason_and_a_torn_zip_keeps_torchs(tmp_path):
+    """The unpickler's complaint about random bytes depends on which bytes it meets first
+    ("pop from empty list", "invalid load key"): a user is told one thing whatever they are."""
+    import random
+
+    garbage = tmp_path / "garbage.pt"
+    for seed in range(40):
+        garbage.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(
+            UsageError, match=r"not a readable checkpoint \(unsupported pickle data\)"
+        ):
+            checkpoint.load(garbage)
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(4)}, whole)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(UsageError, match="zip archive"):
+        checkpoint.load(torn)
