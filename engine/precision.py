@@ -260,22 +260,27 @@ def matmul_precision(precision: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-def compute_context(
-    where: torch.device, dtype: torch.dtype, matmul: str
-) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def compute_context(where: torch.device, dtype: torch.dtype, matmul: str) -> Iterator[None]:
     """What a forward pass runs inside: autocast to `dtype` (none for fp32) and, on a CPU with
     bf16 matmuls, attention by plain matrix products. The CPU's flash-attention kernel splits
     attention into small blocks and each of their products pays bf16's conversion on its own,
     which made a Shakespeare-char step 1.9x slower than full fp32; as a few large products the
     conversion is paid once and the units win."""
-    stack = contextlib.ExitStack()
+    with contextlib.ExitStack() as stack:  # entered at `with`, and left even if a part fails
+        _enter_compute(stack, where, dtype, matmul)
+        yield
+
+
+def _enter_compute(
+    stack: contextlib.ExitStack, where: torch.device, dtype: torch.dtype, matmul: str
+) -> None:
     if dtype != torch.float32:
         stack.enter_context(torch.autocast(where.type, dtype=dtype))
     if where.type == "cpu" and matmul == "medium":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-    return stack
 
 
 def generation_calibration(model: torch.nn.Module, rows: int = 1) -> Calibration:

@@ -129,14 +129,14 @@ def test_generation_with_weights_that_fit_in_cache_is_fp32_without_timing():
     assert big.dtype == "bfloat16"
 
 
-def test_calibrations_time_both_precisions_at_the_models_shapes():
+def test_calibrations_time_each_precision_at_the_models_shapes_and_put_the_setting_back():
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32)
     modes = [precision.FP32, precision.BF16_MATMULS, precision.BF16]
-    before = torch.get_float32_matmul_precision()
-    measured = precision.training_calibration(cfg, batch_size=2)(modes)
+    with precision.matmul_precision("high"):  # none of the modes' own: a restore shows
+        measured = precision.training_calibration(cfg, batch_size=2)(modes)
+        assert torch.get_float32_matmul_precision() == "high"  # the process's setting put back
     assert set(measured) == set(modes)
     assert all(seconds > 0 for seconds in measured.values())
-    assert torch.get_float32_matmul_precision() == before  # the process's setting put back
     from engine.model import GPT
 
     torch.manual_seed(0)
@@ -215,3 +215,41 @@ def test_every_rank_trains_in_the_precision_rank_0_chose():
     agreed = distributed.agreed_precision(group)
     assert (agreed.dtype, agreed.matmul, agreed.why) == (torch.float32, "medium", "rank 0's timing")
     assert agreed.device == mine.device
+
+
+def test_a_run_computes_in_its_matmul_precision_and_puts_the_callers_back(tmp_path):
+    from test_train import tiny_config
+
+    from engine.trainer import train
+
+    seen = []
+
+    class Watch:
+        def write(self, event) -> None:
+            if type(event).__name__ == "Step":
+                seen.append(torch.get_float32_matmul_precision())
+
+        def close(self) -> None:
+            pass
+
+    cfg = tiny_config(tmp_path, train__max_steps=3, train__dtype="float32",
+                      train__matmul_precision="medium", log__interval=1)  # fmt: skip
+    with precision.matmul_precision("highest"):
+        train(cfg, console=Watch())
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert seen == ["medium"] * 3
+
+
+def test_the_memory_check_counts_the_scores_attention_by_products_keeps():
+    from engine.contract.config import Config
+    from engine.contract.errors import UsageError
+    from engine.trainer import check_memory
+
+    cfg = Config()
+    cfg.model = ModelConfig(n_layer=2, n_head=8, n_embd=64, block_size=8192, vocab_size=256)
+    cfg.train.batch_size = 16  # 2 x 16 x 8 x 8192^2 fp32 scores: 64 GiB
+    flash = device.Runtime(torch.device("cpu"), torch.float32, matmul="highest")
+    check_memory(cfg, flash, world_size=1)  # a few GiB of activations: fits
+    products = device.Runtime(torch.device("cpu"), torch.float32, matmul="medium")
+    with pytest.raises(UsageError, match=r"attention scores .*--train.matmul_precision=highest"):
+        check_memory(cfg, products, world_size=1)

@@ -204,6 +204,13 @@ def _half_precision(t: TrainConfig) -> bool:
     return t.dtype in ("bfloat16", "float16") or (t.dtype == "auto" and t.device != "cpu")
 
 
+def attention_score_bytes(model: ModelConfig, batch_size: int) -> float:
+    """The fp32 T×T attention weights every layer keeps for backward when attention runs as
+    plain matrix products (a CPU training with bf16 matmuls, engine.precision) instead of a
+    flash kernel, which activation_bytes assumes."""
+    return 4.0 * model.n_layer * batch_size * model.n_head * model.block_size**2
+
+
 def activation_bytes(model: ModelConfig, vocab: int, batch_size: int, half: bool) -> float:
     """What one micro-batch's forward leaves for backward, at its peak, in bytes.
 

@@ -601,15 +601,21 @@ def check_memory(
         return
     have = device.memory_bytes(runtime.device)
     need = sizing.memory_estimate(cfg, vocab, world_size)
+    by_products = runtime.device.type == "cpu" and runtime.matmul == "medium"
+    if by_products:  # attention without the flash kernel keeps its scores
+        need["attention scores"] = sizing.attention_score_bytes(cfg.model, cfg.train.batch_size)
+        need["total"] += need["attention scores"]
     if have is None or need["total"] <= have:
         return
     parts = ", ".join(f"{k} {human(v, 'B')}" for k, v in need.items() if k != "total" and v)
     raise UsageError(
         f"this run needs about {human(need['total'], 'B')} per device by its estimate ({parts}), "
         f"but {runtime.device} has {human(have, 'B')}; lower model.n_layer, model.n_embd or "
-        "train.batch_size (raise train.grad_accum to keep the batch), or set "
-        "--train.check_memory=false to try anyway"
-    )
+        "train.batch_size (raise train.grad_accum to keep the batch), "
+        + ("or --train.matmul_precision=highest (flash attention keeps no scores), "
+           if by_products else "")
+        + "or set --train.check_memory=false to try anyway"
+    )  # fmt: skip
 
 
 SCHEDULE_KEYS = ("max_steps", "lr", "min_lr", "lr_schedule", "warmup_steps", "decay_fraction")
