@@ -37,11 +37,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's engine
-
-from engine.contract.config import load as load_config
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's engine
+
+from engine.contract.config import load as load_config  # noqa: E402
+
 WARMUP = 20  # steps left out of both timings: the allocator, kernels and compilation warm up
 BATCH, CONTEXT = 12, 64
 README_CPU_COMMAND = [

@@ -236,8 +236,8 @@ def training_calibration(model_cfg, batch_size: int, max_tokens: int = 4096) -> 
                 return time.perf_counter() - began
 
         for mode in modes:  # the first calls allocate and have oneDNN prepare its kernels
-            timed(mode)
-            timed(mode)
+            for _ in range(2):
+                timed(mode)
         # rounds that take each mode in turn, so a machine getting busier or quieter falls on
         # all of them alike; the best of each counts
         best = dict.fromkeys(modes, float("inf"))
@@ -260,27 +260,27 @@ def matmul_precision(precision: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
+def attends_by_products(where: torch.device, matmul: str) -> bool:
+    """Whether attention runs as plain matrix products rather than the flash kernel: on a CPU
+    with bf16 matmuls, where the flash kernel splits attention into small blocks and each of
+    their products pays bf16's conversion on its own (a Shakespeare-char step 1.9x slower than
+    full fp32); as a few large products the conversion is paid once and the units win. Those
+    products keep the T×T scores for backward (sizing.attention_score_bytes)."""
+    return where.type == "cpu" and matmul == "medium"
+
+
 @contextlib.contextmanager
 def compute_context(where: torch.device, dtype: torch.dtype, matmul: str) -> Iterator[None]:
-    """What a forward pass runs inside: autocast to `dtype` (none for fp32) and, on a CPU with
-    bf16 matmuls, attention by plain matrix products. The CPU's flash-attention kernel splits
-    attention into small blocks and each of their products pays bf16's conversion on its own,
-    which made a Shakespeare-char step 1.9x slower than full fp32; as a few large products the
-    conversion is paid once and the units win."""
+    """What a forward pass runs inside: autocast to `dtype` (none for fp32), and the attention
+    kernel `attends_by_products` says."""
     with contextlib.ExitStack() as stack:  # entered at `with`, and left even if a part fails
-        _enter_compute(stack, where, dtype, matmul)
+        if dtype != torch.float32:
+            stack.enter_context(torch.autocast(where.type, dtype=dtype))
+        if attends_by_products(where, matmul):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         yield
-
-
-def _enter_compute(
-    stack: contextlib.ExitStack, where: torch.device, dtype: torch.dtype, matmul: str
-) -> None:
-    if dtype != torch.float32:
-        stack.enter_context(torch.autocast(where.type, dtype=dtype))
-    if where.type == "cpu" and matmul == "medium":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
 
 
 def generation_calibration(model: torch.nn.Module, rows: int = 1) -> Calibration:

@@ -601,8 +601,8 @@ def check_memory(
         return
     have = device.memory_bytes(runtime.device)
     need = sizing.memory_estimate(cfg, vocab, world_size)
-    by_products = runtime.device.type == "cpu" and runtime.matmul == "medium"
-    if by_products:  # attention without the flash kernel keeps its scores
+    by_products = precision.attends_by_products(runtime.device, runtime.matmul)
+    if by_products:
         need["attention scores"] = sizing.attention_score_bytes(cfg.model, cfg.train.batch_size)
         need["total"] += need["attention scores"]
     if have is None or need["total"] <= have:
