@@ -35,10 +35,22 @@ def chat_data(path: Path) -> Path:
 
 
 async def answer(pilot: Pilot, dialog_value: str) -> None:
-    """Type into the open PathDialog and press its button."""
-    await until(pilot, lambda: isinstance(pilot.app.screen, PathDialog), "the chat data dialog")
+    """Type into the open PathDialog and press its button. After a refusal the studio asks
+    again with a new dialog: wait for one that is not the last answered, with its field
+    mounted (a dialog just pushed has not composed its children yet)."""
+
+    def ready() -> bool:
+        screen = pilot.app.screen
+        fresh = isinstance(screen, PathDialog) and screen is not ANSWERED.get("dialog")
+        return fresh and bool(screen.query("#path"))
+
+    await until(pilot, ready, "a chat data dialog to answer")
+    ANSWERED["dialog"] = pilot.app.screen
     pilot.app.screen.query_one("#path").value = dialog_value
     await pilot.press("enter")
+
+
+ANSWERED: dict[str, object] = {}  # the dialog `answer` last typed into
 
 
 def test_a_run_is_fine_tuned_from_the_runs_pane_and_its_live_model_holds_a_conversation(tmp_path):
